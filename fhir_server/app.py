@@ -1,0 +1,61 @@
+"""FastAPI app factory: wires settings, logging, the store and the REST routers."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from . import __version__
+from .logs import configure_logging
+from .rest.errors import install_error_handlers
+from .rest.middleware import RequestContextMiddleware
+from .rest.routes import router
+from .service import ResourceService
+from .settings import Settings
+from .store import open_store
+
+log = logging.getLogger("fhir_server")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store = open_store(settings)
+        applied = await store.migrate()
+        if applied:
+            log.info("schema migrated", extra={"versions": applied, "backend": store.backend})
+        app.state.store = store
+        app.state.service = ResourceService(store)
+        log.info("ready", extra={"backend": store.backend})
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(title="Alliance FHIR server", version=__version__, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    app.state.settings = settings
+
+    @app.get("/health", include_in_schema=False)
+    async def liveness() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/health/ready", include_in_schema=False)
+    async def readiness(request: Request) -> JSONResponse:
+        try:
+            await request.app.state.store.ping()
+        except Exception as exc:  # any failure to reach the database means "not ready"
+            return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "database": request.app.state.store.backend})
+
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,80 @@
+"""Content negotiation: `_format` and `Accept` for responses, `Content-Type` for request bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from ..model.outcome import BadRequest, NotAcceptable, UnsupportedMediaType
+
+FHIR_JSON = "application/fhir+json"
+JSON = "application/json"
+
+_JSON_TYPES = {FHIR_JSON: FHIR_JSON, "application/json+fhir": FHIR_JSON, JSON: JSON, "text/json": JSON,
+               "*/*": FHIR_JSON, "application/*": FHIR_JSON}
+_FORMAT_JSON = {"json", FHIR_JSON, JSON, "application/json+fhir", "text/json"}
+_XML_TYPES = {"xml", "text/xml", "application/xml", "application/fhir+xml", "application/xml+fhir"}
+
+
+def _media_ranges(accept: str) -> list[tuple[float, str]]:
+    """Media ranges with q > 0, best first (ties keep their order)."""
+    ranges = []
+    for position, part in enumerate(accept.split(",")):
+        media, *params = (p.strip() for p in part.split(";"))
+        quality = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        if media and quality > 0:
+            ranges.append((-quality, position, media.lower()))
+    return [(q, m) for q, _, m in sorted(ranges)]
+
+
+def response_media_type(request: Request) -> str:
+    """The JSON media type to answer with; 406 for XML or anything else we cannot produce."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        fmt = fmt.strip().split(";")[0].lower()
+        if fmt in _FORMAT_JSON:
+            return FHIR_JSON
+        if fmt in _XML_TYPES:
+            raise NotAcceptable("XML is not supported; use _format=json")
+        raise NotAcceptable(f"Unsupported _format '{fmt}'; use _format=json")
+    accept = request.headers.get("accept")
+    if not accept:
+        return FHIR_JSON
+    ranges = _media_ranges(accept)
+    for _, media in ranges:
+        if media in _JSON_TYPES:
+            return _JSON_TYPES[media]
+    wanted = ", ".join(m for _, m in ranges) or accept
+    raise NotAcceptable(f"Cannot produce any of [{wanted}]; this server speaks {FHIR_JSON}")
+
+
+def check_body_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        raise UnsupportedMediaType(f"Missing Content-Type; send {FHIR_JSON}")
+    media = content_type.split(";")[0].strip().lower()
+    if media not in (FHIR_JSON, JSON, "application/json+fhir"):
+        raise UnsupportedMediaType(f"Content-Type '{media}' is not supported; send {FHIR_JSON}")
+
+
+async def read_resource_body(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or 400/415 saying what is wrong with it."""
+    check_body_content_type(request)
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest("The request body is empty")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"Malformed JSON: {exc}", code="structure") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object (a FHIR resource)", code="structure")
+    return body

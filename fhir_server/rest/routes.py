@@ -1,0 +1,169 @@
+"""FHIR RESTful interactions: create, read, vread, update, delete and history at every level."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..model.outcome import BadRequest, Issue, operation_outcome
+from ..service import ResourceService, check_type
+from .bundles import history_bundle
+from .capability import capability_statement
+from .negotiation import read_resource_body, response_media_type
+from .responses import base_url, fhir_response, prefer, version_headers, write_response
+
+router = APIRouter()
+
+
+def service(request: Request) -> ResourceService:
+    return request.app.state.service
+
+
+def parse_if_match(request: Request) -> int | None:
+    """The version an If-Match header names (W/"3" or "3"), or None when absent."""
+    value = request.headers.get("if-match")
+    if value is None:
+        return None
+    tag = value.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit() or len(tag) > 9:
+        raise BadRequest(f"If-Match must be a version ETag such as W/\"3\", not {value[:40]!r}")
+    return int(tag)
+
+
+def _not_modified(request: Request, etag: str, last_updated: datetime) -> bool:
+    """Conditional read: If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2)."""
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None:
+        tags = {t.strip().removeprefix("W/") for t in none_match.split(",")}
+        return "*" in tags or etag.removeprefix("W/") in tags
+    modified_since = request.headers.get("if-modified-since")
+    if modified_since:
+        try:
+            since = parsedate_to_datetime(modified_since)
+        except (TypeError, ValueError):
+            return False  # an invalid date is ignored
+        if since.tzinfo is None:
+            return False
+        return last_updated.replace(microsecond=0) <= since
+    return False
+
+
+def _history_params(request: Request, settings) -> tuple[dict[str, str], datetime | None, int, int | None]:
+    query = request.query_params
+    params: dict[str, str] = {}
+    since = None
+    if "_since" in query:
+        raw = query["_since"]
+        try:
+            since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise BadRequest(f"_since must be a FHIR instant such as 2026-01-01T00:00:00Z, not {raw[:40]!r}",
+                             expression=["_since"]) from exc
+        if since.tzinfo is None or "T" not in raw:
+            raise BadRequest("_since must be an instant with a time zone", expression=["_since"])
+        params["_since"] = raw
+    count = settings.default_page_size
+    if "_count" in query:
+        raw = query["_count"]
+        if not raw.isdigit():
+            raise BadRequest(f"_count must be a non-negative integer, not {raw[:20]!r}", expression=["_count"])
+        count = min(int(raw), settings.max_page_size)
+        params["_count"] = str(count)
+    cursor = None
+    if "_cursor" in query:
+        raw = query["_cursor"]
+        if not raw.isdigit():
+            raise BadRequest("Invalid paging cursor", expression=["_cursor"])
+        cursor = int(raw)
+    return params, since, max(count, 0), cursor
+
+
+async def _history(request: Request, path: str, resource_type=None, resource_id=None) -> Response:
+    response_media_type(request)
+    params, since, count, cursor = _history_params(request, request.app.state.settings)
+    page = await service(request).history(resource_type, resource_id, since=since, count=max(count, 1),
+                                          cursor=cursor)
+    if count == 0:  # _count=0: only the total (where known)
+        page = type(page)([], None, page.total)
+    return fhir_response(request, history_bundle(request, path, page, params))
+
+
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    response_media_type(request)
+    return fhir_response(request, capability_statement(base_url(request), request.app.state.store.backend))
+
+
+@router.get("/_history")
+async def system_history(request: Request) -> Response:
+    return await _history(request, "_history")
+
+
+@router.post("/{resource_type}")
+async def create(request: Request, resource_type: str) -> Response:
+    check_type(resource_type)
+    response_media_type(request)
+    resource = await read_resource_body(request)
+    version = await service(request).create(resource_type, resource)
+    return write_response(request, version, 201, f"Created {resource_type}/{version.id}")
+
+
+@router.get("/{resource_type}/_history")
+async def type_history(request: Request, resource_type: str) -> Response:
+    check_type(resource_type)
+    return await _history(request, f"{resource_type}/_history", resource_type)
+
+
+@router.get("/{resource_type}/{resource_id}")
+async def read(request: Request, resource_type: str, resource_id: str) -> Response:
+    response_media_type(request)
+    version = await service(request).read(resource_type, resource_id)
+    headers = version_headers(version)
+    if _not_modified(request, version.etag, version.last_updated):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(request, version.content, headers=headers)
+
+
+@router.put("/{resource_type}/{resource_id}")
+async def update(request: Request, resource_type: str, resource_id: str) -> Response:
+    check_type(resource_type)
+    response_media_type(request)
+    if_match = parse_if_match(request)
+    resource = await read_resource_body(request)
+    result = await service(request).update(resource_type, resource_id, resource, if_match=if_match)
+    status, verb = (201, "Created") if result.created else (200, "Updated")
+    return write_response(request, result.version, status, f"{verb} {resource_type}/{resource_id}")
+
+
+@router.delete("/{resource_type}/{resource_id}")
+async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
+    response_media_type(request)
+    if_match = parse_if_match(request)
+    version = await service(request).delete(resource_type, resource_id, if_match=if_match)
+    headers = version_headers(version) if version is not None else {}
+    if prefer(request, "return") == "minimal":
+        return Response(status_code=204, headers=headers)
+    message = (f"Deleted {resource_type}/{resource_id}" if version is not None
+               else f"{resource_type}/{resource_id} was already deleted")
+    return fhir_response(request, operation_outcome([Issue("informational", message, "information")]),
+                         headers=headers)
+
+
+@router.get("/{resource_type}/{resource_id}/_history")
+async def instance_history(request: Request, resource_type: str, resource_id: str) -> Response:
+    check_type(resource_type)
+    return await _history(request, f"{resource_type}/{resource_id}/_history", resource_type, resource_id)
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version_id}")
+async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:
+    response_media_type(request)
+    version = await service(request).vread(resource_type, resource_id, version_id)
+    headers = version_headers(version)
+    if _not_modified(request, version.etag, version.last_updated):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(request, version.content, headers=headers)

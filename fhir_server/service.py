@@ -1,0 +1,103 @@
+"""The one write/read path for resources: type checks, validation, ids, compartment keys, then the
+store. The REST layer, the DICOM bridge and ECG triage all go through here."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from .model.compartment import patient_key
+from .model.outcome import BadRequest, Gone, NotFound
+from .model.types import is_resource_type, is_valid_id
+from .model.validate import validate_resource
+from .store import HistoryPage, ResourceStore, ResourceVersion, WriteResult
+
+
+def check_type(resource_type: str) -> None:
+    if not is_resource_type(resource_type):
+        raise NotFound(f"Unknown resource type '{resource_type}'", code="not-supported")
+
+
+def check_id(resource_id: str) -> None:
+    if not is_valid_id(resource_id):
+        raise BadRequest(f"Invalid resource id '{resource_id[:80]}': 1-64 of A-Z a-z 0-9 - .")
+
+
+def check_body_type(resource_type: str, resource: dict[str, Any]) -> None:
+    body_type = resource.get("resourceType")
+    if body_type is None:
+        raise BadRequest("The resource has no resourceType", expression=["resourceType"])
+    if body_type != resource_type:
+        raise BadRequest(f"resourceType '{body_type}' in the body does not match '{resource_type}' in the URL",
+                         expression=["resourceType"])
+
+
+class ResourceService:
+    def __init__(self, store: ResourceStore):
+        self.store = store
+
+    async def create(self, resource_type: str, resource: dict[str, Any]) -> ResourceVersion:
+        check_type(resource_type)
+        check_body_type(resource_type, resource)
+        resource = {k: v for k, v in resource.items() if k != "id"}  # spec: the server ignores a client id
+        validate_resource(resource, resource_type)
+        resource_id = str(uuid.uuid4())
+        return await self.store.create(resource_type, resource_id, resource,
+                                       patient_key(resource_type, resource_id, resource))
+
+    async def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
+                     if_match: int | None = None) -> WriteResult:
+        check_type(resource_type)
+        check_id(resource_id)
+        check_body_type(resource_type, resource)
+        body_id = resource.get("id")
+        if body_id is None:
+            raise BadRequest("The resource has no id; an update must carry the id of the URL",
+                             expression=[f"{resource_type}.id"])
+        if body_id != resource_id:
+            raise BadRequest(f"id '{body_id}' in the body does not match '{resource_id}' in the URL",
+                             expression=[f"{resource_type}.id"])
+        validate_resource(resource, resource_type)
+        return await self.store.update(resource_type, resource_id, resource, if_match=if_match,
+                                       patient_key=patient_key(resource_type, resource_id, resource))
+
+    async def read(self, resource_type: str, resource_id: str) -> ResourceVersion:
+        check_type(resource_type)
+        check_id(resource_id)
+        current = await self.store.read(resource_type, resource_id)
+        if current is None:
+            raise NotFound(f"Resource {resource_type}/{resource_id} is not known")
+        if current.deleted:
+            raise Gone(f"Resource {resource_type}/{resource_id} was deleted",
+                       version_id=current.version_id, last_updated=current.last_updated_instant)
+        return current
+
+    async def vread(self, resource_type: str, resource_id: str, version: str) -> ResourceVersion:
+        check_type(resource_type)
+        check_id(resource_id)
+        if not version.isdigit() or len(version) > 9:
+            raise NotFound(f"Version '{version[:20]}' of {resource_type}/{resource_id} is not known")
+        found = await self.store.vread(resource_type, resource_id, int(version))
+        if found is None:
+            raise NotFound(f"Version {version} of {resource_type}/{resource_id} is not known")
+        if found.deleted:
+            raise Gone(f"Version {version} of {resource_type}/{resource_id} is a deletion",
+                       version_id=found.version_id, last_updated=found.last_updated_instant)
+        return found
+
+    async def delete(self, resource_type: str, resource_id: str, *,
+                     if_match: int | None = None) -> ResourceVersion | None:
+        check_type(resource_type)
+        check_id(resource_id)
+        return await self.store.delete(resource_type, resource_id, if_match=if_match)
+
+    async def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
+                      since: datetime | None = None, count: int, cursor: int | None = None) -> HistoryPage:
+        if resource_type is not None:
+            check_type(resource_type)
+        if resource_id is not None:
+            check_id(resource_id)
+            if await self.store.read(resource_type, resource_id) is None:
+                raise NotFound(f"Resource {resource_type}/{resource_id} is not known")
+        return await self.store.history(resource_type, resource_id, since=since, count=count, cursor=cursor)

@@ -1,0 +1,45 @@
+"""All configuration, read from environment variables prefixed ``FHIR_``."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FHIR_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    # Empty means the embedded default: a SQLite file in data_dir.
+    database_url: str = ""
+    # Public base URL used in Location, fullUrl and Bundle links; empty means "derive from the request".
+    base_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "INFO"
+    # Page sizes for history (and later search) bundles.
+    default_page_size: int = 20
+    max_page_size: int = 1000
+    # SQLite durability: FULL survives power loss in WAL mode, NORMAL only process crashes.
+    sqlite_synchronous: str = "FULL"
+    sqlite_busy_timeout_ms: int = 30000
+    db_pool_size: int = 10
+    max_body_bytes: int = 16 * 1024 * 1024
+
+    @cached_property
+    def effective_database_url(self) -> str:
+        """SQLAlchemy async URL for the configured database."""
+        url = self.database_url.strip()
+        if not url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'fhir.sqlite3').resolve()}"
+        for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
+                              ("sqlite://", "sqlite+aiosqlite://")):
+            if url.startswith(plain):
+                return driver + url[len(plain):]
+        return url
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.effective_database_url.startswith("postgresql") else "sqlite"

@@ -1,0 +1,37 @@
+"""The production backend: PostgreSQL through asyncpg, resources stored as JSONB."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from ..settings import Settings
+from .sql import SqlResourceStore, identity_json
+
+# Arbitrary constant naming the advisory lock that serialises schema migrations.
+MIGRATION_LOCK_KEY = 0x46484952  # "FHIR"
+
+
+class PostgresResourceStore(SqlResourceStore):
+    backend = "postgresql"
+    lock_rows = True
+
+    @staticmethod
+    def insert_ignoring_conflict(table):
+        return pg_insert(table).on_conflict_do_nothing()
+
+    async def _lock_for_migration(self, conn: AsyncConnection) -> None:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+    @classmethod
+    def open(cls, settings: Settings) -> PostgresResourceStore:
+        engine = create_async_engine(
+            settings.effective_database_url,
+            json_serializer=identity_json,
+            json_deserializer=identity_json,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            pool_pre_ping=True,
+        )
+        return cls(engine)

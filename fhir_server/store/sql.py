@@ -1,0 +1,179 @@
+"""ResourceStore over SQLAlchemy 2 async Core; the SQLite and PostgreSQL backends differ only in
+how they open engines, lock rows and serialise writers (see sqlite.py and postgres.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..model.outcome import Conflict, NotFound, PreconditionFailed
+from . import migrations
+from .base import HistoryPage, ResourceStore, ResourceVersion, StoreTransaction, WriteResult, format_instant
+from .schema import resource_versions as rv
+from .schema import resources as res
+
+
+def now_ms() -> datetime:
+    """Current UTC time truncated to milliseconds, the precision of meta.lastUpdated."""
+    ts = datetime.now(UTC)
+    return ts.replace(microsecond=ts.microsecond // 1000 * 1000)
+
+
+def identity_json(value: Any) -> Any:
+    return value
+
+
+def _stamp(resource: dict[str, Any], resource_id: str, version_id: int, ts: datetime) -> str:
+    """Set id and meta.versionId/lastUpdated, keeping the client's other meta, and encode."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version_id)
+    meta["lastUpdated"] = format_instant(ts)
+    body = {"resourceType": resource["resourceType"], "id": resource_id, "meta": meta}
+    body.update((k, v) for k, v in resource.items() if k not in body)
+    return orjson.dumps(body).decode()
+
+
+class SqlTransaction(StoreTransaction):
+    def __init__(self, store: SqlResourceStore, conn: AsyncConnection):
+        self.store = store
+        self.conn = conn
+
+    async def _current(self, resource_type: str, resource_id: str):
+        query = select(res.c.version_id, res.c.deleted).where(
+            res.c.resource_type == resource_type, res.c.id == resource_id)
+        if self.store.lock_rows:
+            query = query.with_for_update()
+        return (await self.conn.execute(query)).first()
+
+    async def _write(self, resource_type: str, resource_id: str, version_id: int, method: str,
+                     resource: dict[str, Any] | None, patient_key: str | None, *, insert: bool) -> ResourceVersion:
+        ts = now_ms()
+        content = _stamp(resource, resource_id, version_id, ts) if resource is not None else None
+        values = dict(version_id=version_id, last_updated=ts, deleted=resource is None,
+                      patient_key=patient_key, content=content)
+        if insert:
+            stmt = self.store.insert_ignoring_conflict(res).values(resource_type=resource_type, id=resource_id,
+                                                                   **values)
+            if (await self.conn.execute(stmt)).rowcount == 0:
+                raise Conflict(f"{resource_type}/{resource_id} already exists")
+        else:
+            await self.conn.execute(res.update().where(res.c.resource_type == resource_type,
+                                                       res.c.id == resource_id).values(**values))
+        await self.conn.execute(rv.insert().values(resource_type=resource_type, id=resource_id, method=method,
+                                                   version_id=version_id, last_updated=ts,
+                                                   patient_key=patient_key, content=content))
+        return ResourceVersion(resource_type, resource_id, version_id, ts, resource is None, content, method)
+
+    async def create(self, resource_type, resource_id, resource, patient_key=None):
+        return await self._write(resource_type, resource_id, 1, "POST", resource, patient_key, insert=True)
+
+    async def update(self, resource_type, resource_id, resource, *, if_match=None, patient_key=None):
+        current = await self._current(resource_type, resource_id)
+        if current is None:
+            if if_match is not None:
+                raise PreconditionFailed(f"If-Match given but {resource_type}/{resource_id} does not exist")
+            return WriteResult(await self.create(resource_type, resource_id, resource, patient_key), True)
+        if if_match is not None and if_match != current.version_id:
+            raise PreconditionFailed(
+                f"Version conflict: If-Match is {if_match} but {resource_type}/{resource_id} is at version "
+                f"{current.version_id}")
+        version = await self._write(resource_type, resource_id, current.version_id + 1, "PUT", resource,
+                                    patient_key, insert=False)
+        return WriteResult(version, bool(current.deleted))
+
+    async def delete(self, resource_type, resource_id, *, if_match=None):
+        current = await self._current(resource_type, resource_id)
+        if current is None:
+            raise NotFound(f"Resource {resource_type}/{resource_id} is not known")
+        if if_match is not None and if_match != current.version_id:
+            raise PreconditionFailed(
+                f"Version conflict: If-Match is {if_match} but {resource_type}/{resource_id} is at version "
+                f"{current.version_id}")
+        if current.deleted:
+            return None
+        return await self._write(resource_type, resource_id, current.version_id + 1, "DELETE", None, None,
+                                 insert=False)
+
+
+class SqlResourceStore(ResourceStore):
+    lock_rows = False  # SELECT ... FOR UPDATE where the database has row locks
+
+    @staticmethod
+    def insert_ignoring_conflict(table):
+        """INSERT ... ON CONFLICT DO NOTHING in the backend's dialect."""
+        raise NotImplementedError
+
+    def __init__(self, write_engine: AsyncEngine, read_engine: AsyncEngine | None = None):
+        self.write_engine = write_engine
+        self.read_engine = read_engine or write_engine
+
+    async def close(self) -> None:
+        await self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            await self.read_engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.read_engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def migrate(self) -> list[int]:
+        async with self.write_engine.begin() as conn:
+            await self._lock_for_migration(conn)
+            return await migrations.migrate(conn)
+
+    async def _lock_for_migration(self, conn: AsyncConnection) -> None:
+        """Serialise concurrent migrators (several workers starting at once)."""
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlTransaction]:
+        async with self.write_engine.begin() as conn:
+            yield SqlTransaction(self, conn)
+
+    async def read(self, resource_type, resource_id):
+        query = select(res.c.version_id, res.c.last_updated, res.c.deleted, res.c.content).where(
+            res.c.resource_type == resource_type, res.c.id == resource_id)
+        async with self.read_engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return ResourceVersion(resource_type, resource_id, row.version_id, row.last_updated, row.deleted,
+                               row.content)
+
+    async def vread(self, resource_type, resource_id, version_id):
+        query = select(rv.c.last_updated, rv.c.method, rv.c.content).where(
+            rv.c.resource_type == resource_type, rv.c.id == resource_id, rv.c.version_id == version_id)
+        async with self.read_engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return ResourceVersion(resource_type, resource_id, version_id, row.last_updated,
+                               row.method == "DELETE", row.content, row.method)
+
+    async def history(self, resource_type=None, resource_id=None, *, since=None, count=20, cursor=None):
+        conditions = []
+        if resource_type is not None:
+            conditions.append(rv.c.resource_type == resource_type)
+        if resource_id is not None:
+            conditions.append(rv.c.id == resource_id)
+        if since is not None:
+            conditions.append(rv.c.last_updated >= since)
+        page_conditions = [*conditions, rv.c.seq < cursor] if cursor is not None else conditions
+        query = (select(rv.c.seq, rv.c.resource_type, rv.c.id, rv.c.version_id, rv.c.last_updated,
+                        rv.c.method, rv.c.content)
+                 .where(and_(True, *page_conditions)).order_by(rv.c.seq.desc()).limit(count + 1))
+        async with self.read_engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            total = None
+            if resource_id is not None:  # cheap for one resource; type/system totals would scan
+                total = (await conn.execute(select(func.count()).select_from(rv)
+                                            .where(and_(True, *conditions)))).scalar_one()
+        entries = [ResourceVersion(r.resource_type, r.id, r.version_id, r.last_updated, r.method == "DELETE",
+                                   r.content, r.method) for r in rows[:count]]
+        next_cursor = rows[count - 1].seq if len(rows) > count else None
+        return HistoryPage(entries, next_cursor, total)

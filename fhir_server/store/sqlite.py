@@ -1,0 +1,57 @@
+"""The embedded default backend: one SQLite file in the data directory (aiosqlite), WAL mode.
+
+Writers take the database lock at BEGIN (BEGIN IMMEDIATE), so a read-then-write transaction never
+fails half-way on lock upgrade; readers use a separate engine with plain deferred transactions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ..settings import Settings
+from .sql import SqlResourceStore, identity_json
+
+
+def _engine(url: str, settings: Settings, *, begin: str, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(url, json_serializer=identity_json, json_deserializer=identity_json,
+                                 pool_size=pool_size, max_overflow=0, pool_timeout=60)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite's own handling is broken)
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(settings.sqlite_busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA synchronous = {settings.sqlite_synchronous}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class SqliteResourceStore(SqlResourceStore):
+    backend = "sqlite"
+
+    @staticmethod
+    def insert_ignoring_conflict(table):
+        return sqlite_insert(table).on_conflict_do_nothing()
+
+    @classmethod
+    def open(cls, settings: Settings) -> SqliteResourceStore:
+        url = settings.effective_database_url
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # One writer connection per process: SQLite serialises writers anyway, and waiting in the
+        # pool is cheaper than spinning on the database lock.
+        write = _engine(url, settings, begin="BEGIN IMMEDIATE", pool_size=1)
+        read = _engine(url, settings, begin="BEGIN", pool_size=settings.db_pool_size)
+        return cls(write, read)

@@ -1,0 +1,67 @@
+"""A throwaway PostgreSQL cluster (initdb + pg_ctl) on a free loopback port, for tests and benches.
+
+PostgreSQL refuses to run as root, so when we are root the server runs as the `postgres` user."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def find_bindir() -> str | None:
+    """Directory holding initdb/pg_ctl, newest major version first, or None."""
+    on_path = shutil.which("initdb")
+    if on_path:
+        return os.path.dirname(os.path.realpath(on_path))
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0, reverse=True)
+    return os.path.dirname(candidates[0]) if candidates else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str], as_postgres: bool) -> None:
+    if as_postgres:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@contextmanager
+def postgres_cluster(*, durable: bool = False) -> Iterator[str]:
+    """Yield a postgresql:// URL of a fresh database; the cluster is removed afterwards.
+
+    durable=False turns off fsync (test speed); benches pass durable=True to measure real commits."""
+    bindir = find_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL server binaries (initdb) not found; install the postgresql package")
+    as_postgres = os.geteuid() == 0
+    workdir = tempfile.mkdtemp(prefix="fhir-pg-")
+    datadir = os.path.join(workdir, "data")
+    if as_postgres:
+        shutil.chown(workdir, "postgres", "postgres")
+    port = free_port()
+    settings = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    if not durable:
+        settings += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    try:
+        _run([f"{bindir}/initdb", "-D", datadir, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+             as_postgres)
+        _run([f"{bindir}/pg_ctl", "-D", datadir, "-o", settings, "-l", f"{workdir}/log", "-w", "start"],
+             as_postgres)
+        _run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "fhir"], as_postgres)
+        yield f"postgresql://postgres@127.0.0.1:{port}/fhir"
+    finally:
+        subprocess.run((["runuser", "-u", "postgres", "--"] if as_postgres else [])
+                       + [f"{bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "-w", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(workdir, ignore_errors=True)
