@@ -11,6 +11,9 @@ from .model.compartment import patient_key
 from .model.outcome import BadRequest, Gone, NotFound
 from .model.types import is_resource_type, is_valid_id
 from .model.validate import validate_resource
+from .search.extract import extract
+from .search.query import SearchQuery, compartment_clause, parse_search
+from .search.registry import CORE, Registry
 from .store import HistoryPage, ResourceStore, ResourceVersion, WriteResult
 
 
@@ -34,8 +37,9 @@ def check_body_type(resource_type: str, resource: dict[str, Any]) -> None:
 
 
 class ResourceService:
-    def __init__(self, store: ResourceStore):
+    def __init__(self, store: ResourceStore, registry: Registry = CORE):
         self.store = store
+        self.registry = registry
 
     async def create(self, resource_type: str, resource: dict[str, Any]) -> ResourceVersion:
         check_type(resource_type)
@@ -44,7 +48,8 @@ class ResourceService:
         validate_resource(resource, resource_type)
         resource_id = str(uuid.uuid4())
         return await self.store.create(resource_type, resource_id, resource,
-                                       patient_key(resource_type, resource_id, resource))
+                                       patient_key(resource_type, resource_id, resource),
+                                       extract(resource_type, resource, self.registry))
 
     async def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
                      if_match: int | None = None) -> WriteResult:
@@ -60,7 +65,8 @@ class ResourceService:
                              expression=[f"{resource_type}.id"])
         validate_resource(resource, resource_type)
         return await self.store.update(resource_type, resource_id, resource, if_match=if_match,
-                                       patient_key=patient_key(resource_type, resource_id, resource))
+                                       patient_key=patient_key(resource_type, resource_id, resource),
+                                       index=extract(resource_type, resource, self.registry))
 
     async def read(self, resource_type: str, resource_id: str) -> ResourceVersion:
         check_type(resource_type)
@@ -101,3 +107,20 @@ class ResourceService:
             if await self.store.read(resource_type, resource_id) is None:
                 raise NotFound(f"Resource {resource_type}/{resource_id} is not known")
         return await self.store.history(resource_type, resource_id, since=since, count=count, cursor=cursor)
+
+    def parse_search(self, resource_types: tuple[str, ...], params: list[tuple[str, str]], *, base_url: str,
+                     strict: bool, default_count: int, max_count: int) -> SearchQuery:
+        for resource_type in resource_types:
+            check_type(resource_type)
+        return parse_search(self.registry, resource_types, params, base_url=base_url, strict=strict,
+                            default_count=default_count, max_count=max_count)
+
+    async def search(self, query: SearchQuery, *, compartment: tuple[str, str] | None = None):
+        extra = []
+        if compartment is not None:
+            compartment_type, compartment_id = compartment
+            if compartment_type != "Patient":
+                raise NotFound(f"Compartment {compartment_type} is not supported (only Patient)")
+            check_id(compartment_id)
+            extra.append(compartment_clause(self.registry, query.resource_types[0], compartment_id))
+        return await self.store.search(query, extra)

@@ -7,12 +7,21 @@ from typing import Any
 
 from .. import __version__
 from ..model.types import RESOURCE_TYPES
+from ..search.registry import Registry
 
-_TYPE_INTERACTIONS = ["read", "vread", "update", "delete", "history-instance", "history-type", "create"]
+_TYPE_INTERACTIONS = ["read", "vread", "update", "delete", "history-instance", "history-type", "create",
+                      "search-type"]
+_COMMON_PARAMS = [("_id", "token"), ("_lastUpdated", "date"), ("_text", "string"), ("_content", "string")]
 
 
-def capability_statement(base: str, backend: str) -> dict[str, Any]:
-    resources = [{
+def _resource(rt: str, registry: Registry) -> dict[str, Any]:
+    params = registry.params(rt)
+    references = sorted(p.code for p in params.values() if p.type == "reference")
+    search_params = [{"name": code, "type": kind} for code, kind in _COMMON_PARAMS]
+    search_params += [{"name": p.code, "definition": p.url, "type": p.type} for p in
+                      sorted(params.values(), key=lambda p: p.code)
+                      if p.code not in ("_id", "_lastUpdated") and p.type != "special"]
+    return {
         "type": rt,
         "interaction": [{"code": code} for code in _TYPE_INTERACTIONS],
         "versioning": "versioned-update",
@@ -20,7 +29,14 @@ def capability_statement(base: str, backend: str) -> dict[str, Any]:
         "updateCreate": True,
         "conditionalRead": "full-support",
         "conditionalDelete": "not-supported",
-    } for rt in sorted(RESOURCE_TYPES)]
+        "searchInclude": ["*", *(f"{rt}:{code}" for code in references)],
+        "searchRevInclude": ["*"],
+        "searchParam": search_params,
+    }
+
+
+def capability_statement(base: str, backend: str, registry: Registry) -> dict[str, Any]:
+    resources = [_resource(rt, registry) for rt in sorted(RESOURCE_TYPES)]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -34,6 +50,8 @@ def capability_statement(base: str, backend: str) -> dict[str, Any]:
         "rest": [{
             "mode": "server",
             "resource": resources,
-            "interaction": [{"code": "history-system"}],
+            "interaction": [{"code": "history-system"}, {"code": "search-system"}],
+            "searchParam": [{"name": code, "type": kind} for code, kind in _COMMON_PARAMS[:2]]
+            + [{"name": "_type", "type": "token"}],
         }],
     }

@@ -9,9 +9,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..model.outcome import BadRequest, Issue, operation_outcome
+from ..model.outcome import BadRequest, Issue, UnsupportedMediaType, operation_outcome
+from ..model.types import RESOURCE_TYPES
 from ..service import ResourceService, check_type
-from .bundles import history_bundle
+from .bundles import history_bundle, searchset_bundle
 from .capability import capability_statement
 from .negotiation import read_resource_body, response_media_type
 from .responses import base_url, fhir_response, prefer, version_headers, write_response
@@ -92,15 +93,63 @@ async def _history(request: Request, path: str, resource_type=None, resource_id=
     return fhir_response(request, history_bundle(request, path, page, params))
 
 
+async def _search(request: Request, resource_types: tuple[str, ...], path: str,
+                  compartment: tuple[str, str] | None = None) -> Response:
+    response_media_type(request)
+    params = list(request.query_params.multi_items())
+    if request.method == "POST":
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise UnsupportedMediaType("POST _search takes an application/x-www-form-urlencoded body")
+        params += list((await request.form()).multi_items())
+    settings = request.app.state.settings
+    query = service(request).parse_search(
+        resource_types, [(k, str(v)) for k, v in params], base_url=base_url(request),
+        strict=prefer(request, "handling") == "strict", default_count=settings.default_page_size,
+        max_count=settings.max_page_size)
+    page = await service(request).search(query, compartment=compartment)
+    return fhir_response(request, searchset_bundle(request, path, query, page))
+
+
+def _system_types(request: Request) -> tuple[str, ...]:
+    raw = [t.strip() for v in request.query_params.getlist("_type") for t in v.split(",") if t.strip()]
+    for rt in raw:
+        check_type(rt)
+    return tuple(raw) or tuple(sorted(RESOURCE_TYPES))
+
+
+@router.get("/")
+async def system_search(request: Request) -> Response:
+    return await _search(request, _system_types(request), "")
+
+
+@router.post("/_search")
+async def system_search_post(request: Request) -> Response:
+    return await _search(request, _system_types(request), "")
+
+
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     response_media_type(request)
-    return fhir_response(request, capability_statement(base_url(request), request.app.state.store.backend))
+    return fhir_response(request, capability_statement(base_url(request), request.app.state.store.backend,
+                                                          service(request).registry))
 
 
 @router.get("/_history")
 async def system_history(request: Request) -> Response:
     return await _history(request, "_history")
+
+
+@router.get("/{resource_type}")
+async def type_search(request: Request, resource_type: str) -> Response:
+    check_type(resource_type)
+    return await _search(request, (resource_type,), resource_type)
+
+
+@router.post("/{resource_type}/_search")
+async def type_search_post(request: Request, resource_type: str) -> Response:
+    check_type(resource_type)
+    return await _search(request, (resource_type,), resource_type)
 
 
 @router.post("/{resource_type}")
@@ -157,6 +206,15 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
 async def instance_history(request: Request, resource_type: str, resource_id: str) -> Response:
     check_type(resource_type)
     return await _history(request, f"{resource_type}/{resource_id}/_history", resource_type, resource_id)
+
+
+@router.get("/{compartment_type}/{compartment_id}/{resource_type}")
+async def compartment_search(request: Request, compartment_type: str, compartment_id: str,
+                             resource_type: str) -> Response:
+    check_type(compartment_type)
+    check_type(resource_type)
+    return await _search(request, (resource_type,), f"{compartment_type}/{compartment_id}/{resource_type}",
+                         (compartment_type, compartment_id))
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}")

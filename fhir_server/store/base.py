@@ -51,11 +51,13 @@ class StoreTransaction(ABC):
 
     @abstractmethod
     async def create(self, resource_type: str, resource_id: str, resource: dict[str, Any],
-                     patient_key: str | None = None) -> ResourceVersion: ...
+                     patient_key: str | None = None, index: Any = None) -> ResourceVersion:
+        """index: the search index rows (search.extract.IndexRows) written in the same transaction."""
 
     @abstractmethod
     async def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
-                     if_match: int | None = None, patient_key: str | None = None) -> WriteResult: ...
+                     if_match: int | None = None, patient_key: str | None = None,
+                     index: Any = None) -> WriteResult: ...
 
     @abstractmethod
     async def delete(self, resource_type: str, resource_id: str, *,
@@ -91,17 +93,21 @@ class ResourceStore(ABC):
                       since: datetime | None = None, count: int = 20,
                       cursor: int | None = None) -> HistoryPage: ...
 
+    @abstractmethod
+    async def search(self, query: Any, extra: list[Any] | None = None) -> Any:
+        """Run a search.query.SearchQuery (plus extra clauses, e.g. a compartment); a SearchPage."""
+
     # Single writes, each in its own transaction.
     async def create(self, resource_type: str, resource_id: str, resource: dict[str, Any],
-                     patient_key: str | None = None) -> ResourceVersion:
+                     patient_key: str | None = None, index: Any = None) -> ResourceVersion:
         async with self.transaction() as tx:
-            return await tx.create(resource_type, resource_id, resource, patient_key)
+            return await tx.create(resource_type, resource_id, resource, patient_key, index)
 
     async def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
-                     if_match: int | None = None, patient_key: str | None = None) -> WriteResult:
+                     if_match: int | None = None, patient_key: str | None = None, index: Any = None) -> WriteResult:
         async with self.transaction() as tx:
             return await tx.update(resource_type, resource_id, resource, if_match=if_match,
-                                   patient_key=patient_key)
+                                   patient_key=patient_key, index=index)
 
     async def delete(self, resource_type: str, resource_id: str, *,
                      if_match: int | None = None) -> ResourceVersion | None:

@@ -24,8 +24,13 @@ async def _v1_resources(conn: AsyncConnection) -> None:
     await conn.run_sync(schema.metadata.create_all, tables=[schema.resources, schema.resource_versions])
 
 
+async def _v2_search_index(conn: AsyncConnection) -> None:
+    await conn.run_sync(schema.metadata.create_all, tables=list(schema.SEARCH_TABLES.values()))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "resources and resource_versions", _v1_resources),
+    Migration(2, "search index tables", _v2_search_index),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -59,14 +60,17 @@ metadata = MetaData()
 resources = Table(
     "resources",
     metadata,
-    Column("resource_type", String(64), primary_key=True),
-    Column("id", String(64), primary_key=True),
+    # Surrogate key that the search index tables point at (smaller and faster than type + id).
+    Column("pk", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
     Column("version_id", Integer, nullable=False),
     Column("last_updated", UtcDateTime, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     # Patient-compartment key: the distribution column for a sharded (Citus) deployment.
     Column("patient_key", String(64), nullable=True),
     Column("content", JsonDocument, nullable=True),
+    UniqueConstraint("resource_type", "id", name="uq_resources_type_id"),
 )
 
 # Every version ever written, including deletions; seq is a global, monotonic history cursor.
@@ -85,6 +89,53 @@ resource_versions = Table(
     Index("ix_resource_versions_type_seq", "resource_type", "seq"),
     Index("ix_resource_versions_last_updated", "last_updated"),
 )
+
+# ---- search index tables: one row per indexed value, rewritten with every version ----
+
+# Prefix ("starts with") search compares strings as bytes; PostgreSQL needs the C collation for that.
+SearchText = String(200).with_variant(String(200, collation="C"), "postgresql")
+UriText = String(1000).with_variant(String(1000, collation="C"), "postgresql")
+
+
+def _index_table(name: str, *columns: Column, indexes: list[tuple[str, ...]]) -> Table:
+    return Table(
+        name, metadata,
+        Column("res_pk", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+        Column("resource_type", String(64), nullable=False),
+        Column("param", String(100), nullable=False),
+        *columns,
+        Index(f"ix_{name}_res_pk", "res_pk"),
+        *(Index(f"ix_{name}_{'_'.join(cols)}", "resource_type", "param", *cols, "res_pk") for cols in indexes),
+    )
+
+
+search_token = _index_table(
+    "search_token", Column("system", UriText), Column("code", SearchText), Column("text", SearchText),
+    indexes=[("code", "system"), ("text",)])
+search_string = _index_table(
+    "search_string", Column("normalized", SearchText), Column("exact", Text), indexes=[("normalized",)])
+search_date = _index_table(
+    "search_date", Column("low", BigInteger, nullable=False), Column("high", BigInteger, nullable=False),
+    indexes=[("low",), ("high",)])
+search_number = _index_table("search_number", Column("value", Float, nullable=False), indexes=[("value",)])
+search_quantity = _index_table(
+    "search_quantity", Column("system", UriText), Column("code", SearchText), Column("value", Float, nullable=False),
+    Column("canon_code", SearchText), Column("canon_value", Float), indexes=[("code", "value"), ("canon_code",
+                                                                                                  "canon_value")])
+search_reference = _index_table(
+    "search_reference", Column("target_type", String(64)), Column("target_id", String(64)), Column("url", UriText),
+    indexes=[("target_id", "target_type"), ("url",)])
+search_uri = _index_table("search_uri", Column("value", UriText), indexes=[("value",)])
+search_composite = _index_table(
+    "search_composite", Column("c1_system", UriText), Column("c1_code", SearchText), Column("c2_system", UriText),
+    Column("c2_code", SearchText), Column("c2_low", Float), Column("c2_high", Float),
+    Column("c2_canon_code", SearchText), Column("c2_canon_value", Float),
+    indexes=[("c1_code", "c2_code", "c2_low"), ("c1_code", "c2_canon_code", "c2_canon_value")])
+
+SEARCH_TABLES = {
+    "token": search_token, "string": search_string, "date": search_date, "number": search_number,
+    "quantity": search_quantity, "reference": search_reference, "uri": search_uri, "composite": search_composite,
+}
 
 schema_migrations = Table(
     "schema_migrations",

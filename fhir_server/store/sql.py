@@ -13,10 +13,16 @@ from sqlalchemy import and_, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..model.outcome import Conflict, NotFound, PreconditionFailed
+from ..search.extract import IndexRows
 from . import migrations
 from .base import HistoryPage, ResourceStore, ResourceVersion, StoreTransaction, WriteResult, format_instant
+from .schema import SEARCH_TABLES
 from .schema import resource_versions as rv
 from .schema import resources as res
+from .search_sql import run_search
+
+# Value columns of each index table, in the order of the IndexRows tuples (after the param code).
+_INDEX_COLUMNS = {name: [c.name for c in table.columns][3:] for name, table in SEARCH_TABLES.items()}
 
 
 def now_ms() -> datetime:
@@ -45,46 +51,61 @@ class SqlTransaction(StoreTransaction):
         self.conn = conn
 
     async def _current(self, resource_type: str, resource_id: str):
-        query = select(res.c.version_id, res.c.deleted).where(
+        query = select(res.c.pk, res.c.version_id, res.c.deleted).where(
             res.c.resource_type == resource_type, res.c.id == resource_id)
         if self.store.lock_rows:
             query = query.with_for_update()
         return (await self.conn.execute(query)).first()
 
     async def _write(self, resource_type: str, resource_id: str, version_id: int, method: str,
-                     resource: dict[str, Any] | None, patient_key: str | None, *, insert: bool) -> ResourceVersion:
+                     resource: dict[str, Any] | None, patient_key: str | None, index: IndexRows | None, *,
+                     pk: int | None) -> ResourceVersion:
+        """Write one version; pk None means a new resource (insert), else the row to update."""
         ts = now_ms()
         content = _stamp(resource, resource_id, version_id, ts) if resource is not None else None
         values = dict(version_id=version_id, last_updated=ts, deleted=resource is None,
                       patient_key=patient_key, content=content)
-        if insert:
-            stmt = self.store.insert_ignoring_conflict(res).values(resource_type=resource_type, id=resource_id,
-                                                                   **values)
-            if (await self.conn.execute(stmt)).rowcount == 0:
+        if pk is None:
+            stmt = (self.store.insert_ignoring_conflict(res)
+                    .values(resource_type=resource_type, id=resource_id, **values).returning(res.c.pk))
+            pk = (await self.conn.execute(stmt)).scalar()
+            if pk is None:
                 raise Conflict(f"{resource_type}/{resource_id} already exists")
         else:
-            await self.conn.execute(res.update().where(res.c.resource_type == resource_type,
-                                                       res.c.id == resource_id).values(**values))
+            await self.conn.execute(res.update().where(res.c.pk == pk).values(**values))
+            for table in SEARCH_TABLES.values():
+                await self.conn.execute(table.delete().where(table.c.res_pk == pk))
+        if index is not None:
+            await self._write_index(pk, resource_type, index)
         await self.conn.execute(rv.insert().values(resource_type=resource_type, id=resource_id, method=method,
                                                    version_id=version_id, last_updated=ts,
                                                    patient_key=patient_key, content=content))
         return ResourceVersion(resource_type, resource_id, version_id, ts, resource is None, content, method)
 
-    async def create(self, resource_type, resource_id, resource, patient_key=None):
-        return await self._write(resource_type, resource_id, 1, "POST", resource, patient_key, insert=True)
+    async def _write_index(self, pk: int, resource_type: str, index: IndexRows) -> None:
+        for name, table in SEARCH_TABLES.items():
+            rows = getattr(index, name)
+            if rows:
+                columns = _INDEX_COLUMNS[name]
+                await self.conn.execute(table.insert(), [
+                    {"res_pk": pk, "resource_type": resource_type, "param": row[0],
+                     **dict(zip(columns, row[1:], strict=True))} for row in rows])
 
-    async def update(self, resource_type, resource_id, resource, *, if_match=None, patient_key=None):
+    async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
+        return await self._write(resource_type, resource_id, 1, "POST", resource, patient_key, index, pk=None)
+
+    async def update(self, resource_type, resource_id, resource, *, if_match=None, patient_key=None, index=None):
         current = await self._current(resource_type, resource_id)
         if current is None:
             if if_match is not None:
                 raise PreconditionFailed(f"If-Match given but {resource_type}/{resource_id} does not exist")
-            return WriteResult(await self.create(resource_type, resource_id, resource, patient_key), True)
+            return WriteResult(await self.create(resource_type, resource_id, resource, patient_key, index), True)
         if if_match is not None and if_match != current.version_id:
             raise PreconditionFailed(
                 f"Version conflict: If-Match is {if_match} but {resource_type}/{resource_id} is at version "
                 f"{current.version_id}")
         version = await self._write(resource_type, resource_id, current.version_id + 1, "PUT", resource,
-                                    patient_key, insert=False)
+                                    patient_key, index, pk=current.pk)
         return WriteResult(version, bool(current.deleted))
 
     async def delete(self, resource_type, resource_id, *, if_match=None):
@@ -97,8 +118,8 @@ class SqlTransaction(StoreTransaction):
                 f"{current.version_id}")
         if current.deleted:
             return None
-        return await self._write(resource_type, resource_id, current.version_id + 1, "DELETE", None, None,
-                                 insert=False)
+        return await self._write(resource_type, resource_id, current.version_id + 1, "DELETE", None, None, None,
+                                 pk=current.pk)
 
 
 class SqlResourceStore(ResourceStore):
@@ -134,6 +155,10 @@ class SqlResourceStore(ResourceStore):
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
         async with self.write_engine.begin() as conn:
             yield SqlTransaction(self, conn)
+
+    async def search(self, query, extra=None):
+        async with self.read_engine.connect() as conn:
+            return await run_search(conn, self.backend, query, extra)
 
     async def read(self, resource_type, resource_id):
         query = select(res.c.version_id, res.c.last_updated, res.c.deleted, res.c.content).where(

@@ -1,0 +1,348 @@
+"""Index extraction: at write time, the values of every search parameter of a resource become typed
+rows (token, string, date range, quantity, reference, number, uri, composite).
+
+Simple FHIRPath paths (a.b.c, `as Type`, `.as(Type)`, `.where(resolve() is Type)`,
+`.where(field='value')`) are compiled to plain dict walks; anything else is evaluated by fhirpathpy."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from .dates import MAX_MS, MIN_MS, date_range
+from .registry import SearchParam
+from .text import INDEXED_LENGTH, normalize
+from .ucum import UCUM_SYSTEM, canonical
+
+CHOICE_TYPES: dict[str, list[str]] = json.loads(
+    resources.files("fhir_server.search").joinpath("data/choice-elements.json").read_text())
+
+
+@dataclass
+class IndexRows:
+    """Rows per index table; each row starts with the parameter code."""
+
+    token: list[tuple] = field(default_factory=list)  # (param, system, code, text)
+    string: list[tuple] = field(default_factory=list)  # (param, normalized, exact)
+    date: list[tuple] = field(default_factory=list)  # (param, low_ms, high_ms)
+    number: list[tuple] = field(default_factory=list)  # (param, value)
+    quantity: list[tuple] = field(default_factory=list)  # (param, system, code, value, canon_code, canon_value)
+    reference: list[tuple] = field(default_factory=list)  # (param, target_type, target_id, url)
+    uri: list[tuple] = field(default_factory=list)  # (param, value)
+    # (param, c1_system, c1_code, c2_system, c2_code, c2_low, c2_high, c2_canon_code, c2_canon_value)
+    composite: list[tuple] = field(default_factory=list)
+
+    TABLES = ("token", "string", "date", "number", "quantity", "reference", "uri", "composite")
+
+
+# ---- FHIRPath subset compiler ----
+
+_STEP = re.compile(r"\.(?:as\((?P<as>[A-Za-z]+)\)"
+                   r"|where\(resolve\(\) is (?P<resolve>[A-Za-z]+)\)"
+                   r"|where\((?P<wfield>[a-zA-Z]+)\s*=\s*'(?P<wvalue>[^']*)'\)"
+                   r"|(?P<field>[a-zA-Z][A-Za-z0-9]*)(?P<index>\[\d+\])?(?![A-Za-z0-9(]))")
+_AS_FORM = re.compile(r"^\((?P<path>[^()]+) as (?P<type>[A-Za-z]+)\)(?P<rest>(?:\.[a-zA-Z]+)*)$")
+
+
+@dataclass(frozen=True)
+class _Path:
+    root: str
+    steps: tuple[tuple[str, Any], ...]
+
+
+def _compile_branch(branch: str, root_type: str) -> _Path | None:
+    branch = branch.strip()
+    m = _AS_FORM.match(branch)
+    if m:  # (X.y as T).rest  ==  X.y.as(T).rest
+        branch = f"{m['path'].strip()}.as({m['type']}){m['rest']}"
+    if branch == root_type:
+        return _Path(root_type, ())
+    if not branch.startswith(root_type + "."):
+        return None
+    rest = branch[len(root_type):]
+    steps: list[tuple[str, Any]] = []
+    pos = 0
+    while pos < len(rest):
+        m = _STEP.match(rest, pos)
+        if not m:
+            return None
+        if m["field"]:
+            steps.append(("field", m["field"]))
+            if m["index"]:
+                steps.append(("index", int(m["index"][1:-1])))
+        elif m["as"]:
+            steps.append(("as", m["as"]))
+        elif m["resolve"]:
+            steps.append(("resolve", m["resolve"]))
+        else:
+            steps.append(("where", (m["wfield"], m["wvalue"])))
+        pos = m.end()
+    return _Path(root_type, tuple(steps))
+
+
+@cache
+def compile_expression(expression: str, root_type: str, relative: bool = False) -> tuple[_Path, ...] | None:
+    """The expression as compiled paths, or None when it needs the FHIRPath engine.
+
+    relative=True reads the expression from an element (composite components: `value.as(Quantity)`)."""
+    paths = []
+    for branch in expression.split("|"):
+        branch = f"{root_type}.{branch.strip()}" if relative else branch
+        compiled = _compile_branch(branch, root_type)
+        if compiled is None:
+            return None
+        paths.append(compiled)
+    return tuple(paths)
+
+
+def _upper_first(name: str) -> str:
+    return name[0].upper() + name[1:]
+
+
+def _walk(path: _Path, node: Any) -> list[Any]:
+    nodes = [node]
+    element = path.root  # element path used to recognise choice types, e.g. Observation.effective
+    steps = path.steps
+    i = 0
+    while i < len(steps):
+        kind, arg = steps[i]
+        out: list[Any] = []
+        if kind == "field":
+            element = f"{element}.{arg}"
+            explicit = steps[i + 1][1] if i + 1 < len(steps) and steps[i + 1][0] == "as" else None
+            choices = CHOICE_TYPES.get(element)
+            for n in nodes:
+                if not isinstance(n, dict):
+                    continue
+                if choices is not None:
+                    keys = [arg + _upper_first(explicit)] if explicit else [arg + t for t in choices]
+                else:
+                    keys = [arg]
+                for key in keys:
+                    value = n.get(key)
+                    if isinstance(value, list):
+                        out.extend(value)
+                    elif value is not None:
+                        out.append(value)
+            if explicit and choices is not None:
+                i += 1  # the `as` step was applied with the field
+        elif kind == "as":
+            out = nodes  # `as` on a non-choice element: keep values as they are
+        elif kind == "index":
+            out = nodes[arg:arg + 1]
+        elif kind == "resolve":
+            prefix = f"{arg}/"
+            out = [n for n in nodes if isinstance(n, dict) and isinstance(n.get("reference"), str)
+                   and (n["reference"].startswith(prefix) or f"/{prefix}" in n["reference"])]
+        elif kind == "where":
+            key, value = arg
+            out = [n for n in nodes if isinstance(n, dict) and n.get(key) == value]
+        nodes = out
+        i += 1
+    return nodes
+
+
+def evaluate(expression: str, resource_type: str, resource: dict[str, Any]) -> list[Any]:
+    compiled = compile_expression(expression, resource_type)
+    if compiled is not None:
+        values: list[Any] = []
+        for path in compiled:
+            values.extend(_walk(path, resource))
+        return values
+    return _fhirpath(expression, resource)
+
+
+@cache
+def _fhirpath_compiled(expression: str):
+    import fhirpathpy  # imported lazily: only complex expressions need the engine
+
+    try:
+        return fhirpathpy.compile(expression)
+    except Exception:  # an expression the engine cannot parse indexes nothing
+        return None
+
+
+def _fhirpath(expression: str, resource: dict[str, Any]) -> list[Any]:
+    fn = _fhirpath_compiled(expression)
+    if fn is None:
+        return []
+    try:
+        return list(fn(resource, {}))
+    except Exception:  # an expression the engine cannot run indexes nothing rather than failing the write
+        return []
+
+
+# ---- values to rows ----
+
+def _reference_parts(reference: str) -> tuple[str | None, str | None]:
+    """(type, id) of a relative or absolute literal reference; (None, None) for others."""
+    if reference.startswith("#") or reference.startswith("urn:"):
+        return None, None
+    parts = reference.split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) >= 2 and parts[-2][:1].isupper():
+        return parts[-2], parts[-1]
+    return None, None
+
+
+def _tokens(param: str, value: Any, rows: IndexRows) -> None:
+    if isinstance(value, bool):
+        rows.token.append((param, None, "true" if value else "false", None))
+    elif isinstance(value, str):
+        rows.token.append((param, None, value, None))
+    elif isinstance(value, dict):
+        if "coding" in value or "text" in value and "system" not in value and "value" not in value:
+            for coding in value.get("coding") or []:
+                _tokens(param, coding, rows)
+            if isinstance(value.get("text"), str):
+                rows.token.append((param, None, None, normalize(value["text"])))
+        elif "code" in value or "display" in value:  # Coding (or a code with a system)
+            display = value.get("display")
+            rows.token.append((param, value.get("system"), value.get("code"),
+                               normalize(display) if isinstance(display, str) else None))
+        elif "value" in value:  # Identifier / ContactPoint
+            rows.token.append((param, value.get("system"), str(value["value"]), None))
+            id_type = value.get("type")
+            if isinstance(id_type, dict):
+                for coding in id_type.get("coding") or []:
+                    rows.token.append((f"{param}:of-type", f"{coding.get('system', '')}|{coding.get('code', '')}",
+                                       str(value["value"]), None))
+                if isinstance(id_type.get("text"), str):
+                    rows.token.append((param, value.get("system"), str(value["value"]), normalize(id_type["text"])))
+
+
+_STRING_PARTS = ("text", "family", "given", "prefix", "suffix", "line", "city", "district", "state", "postalCode",
+                 "country")
+
+
+def _strings(param: str, value: Any, rows: IndexRows) -> None:
+    if isinstance(value, str):
+        rows.string.append((param, normalize(value), value[:2000]))
+    elif isinstance(value, dict):  # HumanName, Address, or anything with string parts
+        for part in _STRING_PARTS:
+            item = value.get(part)
+            for s in item if isinstance(item, list) else [item]:
+                if isinstance(s, str):
+                    rows.string.append((param, normalize(s), s[:2000]))
+
+
+def _date_ranges(value: Any) -> list[tuple[int, int]]:
+    if isinstance(value, str):
+        r = date_range(value)
+        return [r] if r else []
+    if isinstance(value, dict):
+        if "start" in value or "end" in value:  # Period: an open end is unbounded
+            start = date_range(value["start"]) if isinstance(value.get("start"), str) else None
+            end = date_range(value["end"]) if isinstance(value.get("end"), str) else None
+            return [(start[0] if start else MIN_MS, end[1] if end else MAX_MS)]
+        out = []
+        for event in value.get("event") or []:  # Timing
+            r = date_range(event) if isinstance(event, str) else None
+            if r:
+                out.append(r)
+        bounds = (value.get("repeat") or {}).get("boundsPeriod")
+        if bounds:
+            out.extend(_date_ranges(bounds))
+        return out
+    return []
+
+
+def quantity_row(param: str, q: dict[str, Any]) -> tuple | None:
+    value = q.get("value")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    system, code = q.get("system"), q.get("code") or q.get("unit")
+    canon_code, canon_value = None, None
+    if system == UCUM_SYSTEM and isinstance(code, str):
+        canon_code, factor = canonical(code)
+        canon_value = float(f"{value * factor:.12g}")
+    return (param, system, code, float(value), canon_code, canon_value)
+
+
+def _add_values(param: SearchParam, values: list[Any], rows: IndexRows) -> None:
+    code = param.code
+    kind = param.type
+    for value in values:
+        if kind == "token":
+            _tokens(code, value, rows)
+        elif kind == "string":
+            _strings(code, value, rows)
+        elif kind == "date":
+            rows.date.extend((code, low, high) for low, high in _date_ranges(value))
+        elif kind == "number":
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                rows.number.append((code, float(value)))
+        elif kind == "quantity":
+            if isinstance(value, dict):
+                row = quantity_row(code, value)
+                if row:
+                    rows.quantity.append(row)
+        elif kind == "reference":
+            if isinstance(value, str):  # canonical
+                rows.reference.append((code, None, None, value[:1000]))
+            elif isinstance(value, dict):
+                ref = value.get("reference")
+                if isinstance(ref, str):
+                    target_type, target_id = _reference_parts(ref)
+                    rows.reference.append((code, target_type, target_id, ref[:1000]))
+                ident = value.get("identifier")
+                if isinstance(ident, dict) and "value" in ident:
+                    rows.token.append((f"{code}:identifier", ident.get("system"), str(ident["value"]), None))
+        elif kind == "uri":
+            if isinstance(value, str):
+                rows.uri.append((code, value[:1000]))
+
+
+def _composite(param: SearchParam, resource_type: str, resource: dict[str, Any], registry, rows: IndexRows):
+    """Rows pairing the components' values from the same element (e.g. one Observation.component)."""
+    if len(param.components) != 2:
+        return
+    defs = [registry.by_url.get(c.definition) for c in param.components]
+    if None in defs or defs[0].type != "token":
+        return
+    for element in evaluate(param.expression, resource_type, resource):
+        if not isinstance(element, dict):
+            continue
+        first, second = IndexRows(), IndexRows()
+        root = param.expression.strip()  # element path, so choice types such as value[x] resolve
+        for comp, definition, out in zip(param.components, defs, (first, second), strict=True):
+            compiled = compile_expression(comp.expression, root, True)
+            values = ([v for path in compiled for v in _walk(path, element)] if compiled is not None
+                      else _fhirpath(comp.expression, element))
+            _add_values(SearchParam(param.code, definition.type, ""), values, out)
+        for _, system, code, _text in first.token:
+            if code is None:
+                continue
+            for q in second.quantity:
+                rows.composite.append((param.code, system, code, q[1], q[2], q[3], q[3], q[4], q[5]))
+            for t in second.token:
+                rows.composite.append((param.code, system, code, t[1], t[2], None, None, None, None))
+            for d in second.date:
+                rows.composite.append((param.code, system, code, None, None, d[1], d[2], None, None))
+            for s in second.string:
+                rows.composite.append((param.code, system, code, None, s[1], None, None, None, None))
+
+
+def extract(resource_type: str, resource: dict[str, Any], registry) -> IndexRows:
+    rows = IndexRows()
+    for param in registry.params(resource_type).values():
+        if param.code in ("_id", "_lastUpdated"):  # columns of the resources table
+            continue
+        if param.type == "composite":
+            _composite(param, resource_type, resource, registry, rows)
+        elif param.type != "special" and param.expression:
+            _add_values(param, evaluate(param.expression, resource_type, resource), rows)
+    # keep only distinct rows: a value reached by two paths is indexed once
+    for table in IndexRows.TABLES:
+        values = getattr(rows, table)
+        if len(values) > 1:
+            setattr(rows, table, list(dict.fromkeys(values)))
+    return rows
+
+
+__all__ = ["INDEXED_LENGTH", "IndexRows", "evaluate", "extract", "quantity_row"]
