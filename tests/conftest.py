@@ -3,12 +3,14 @@ cluster), reached over real HTTP. The same API tests run against both backends."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +91,37 @@ def server(request) -> Iterator[RunningServer]:
     running = start_server(env)
     yield running
     stop_server(running)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def fresh_server(request) -> Iterator[RunningServer]:
+    """A server with an empty store of its own, for a test module that needs exact result sets."""
+    env = {"FHIR_DATABASE_URL": ""}
+    if request.param == "postgresql":
+        base = request.getfixturevalue("postgres_url")
+        name = f"fhir_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_create_database(base, name))
+        env["FHIR_DATABASE_URL"] = base.rsplit("/", 1)[0] + f"/{name}"
+    running = start_server(env)
+    yield running
+    stop_server(running)
+
+
+async def _create_database(url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def fresh_client(fresh_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fresh_server.base_url, timeout=30,
+                      headers={"Content-Type": "application/fhir+json"}) as http:
+        yield http
 
 
 @pytest.fixture
