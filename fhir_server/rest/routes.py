@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -93,26 +94,37 @@ async def _history(request: Request, path: str, resource_type=None, resource_id=
     return fhir_response(request, history_bundle(request, path, page, params))
 
 
-async def _search(request: Request, resource_types: tuple[str, ...], path: str,
-                  compartment: tuple[str, str] | None = None) -> Response:
-    response_media_type(request)
+async def _search_params(request: Request) -> list[tuple[str, str]]:
+    """Query parameters, plus the form body of POST _search."""
     params = list(request.query_params.multi_items())
     if request.method == "POST":
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise UnsupportedMediaType("POST _search takes an application/x-www-form-urlencoded body")
-        params += list((await request.form()).multi_items())
+        try:
+            params += parse_qsl((await request.body()).decode(), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError as exc:
+            raise BadRequest("The form body is not UTF-8") from exc
+    return params
+
+
+async def _search(request: Request, resource_types: tuple[str, ...] | None, path: str,
+                  compartment: tuple[str, str] | None = None) -> Response:
+    response_media_type(request)
+    params = await _search_params(request)
+    if resource_types is None:  # system level: the types come from _type
+        resource_types = _system_types(params)
     settings = request.app.state.settings
     query = service(request).parse_search(
-        resource_types, [(k, str(v)) for k, v in params], base_url=base_url(request),
+        resource_types, params, base_url=base_url(request),
         strict=prefer(request, "handling") == "strict", default_count=settings.default_page_size,
         max_count=settings.max_page_size)
     page = await service(request).search(query, compartment=compartment)
     return fhir_response(request, searchset_bundle(request, path, query, page))
 
 
-def _system_types(request: Request) -> tuple[str, ...]:
-    raw = [t.strip() for v in request.query_params.getlist("_type") for t in v.split(",") if t.strip()]
+def _system_types(params: list[tuple[str, str]]) -> tuple[str, ...]:
+    raw = [t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()]
     for rt in raw:
         check_type(rt)
     return tuple(raw) or tuple(sorted(RESOURCE_TYPES))
@@ -120,12 +132,12 @@ def _system_types(request: Request) -> tuple[str, ...]:
 
 @router.get("/")
 async def system_search(request: Request) -> Response:
-    return await _search(request, _system_types(request), "")
+    return await _search(request, None, "")
 
 
 @router.post("/_search")
 async def system_search_post(request: Request) -> Response:
-    return await _search(request, _system_types(request), "")
+    return await _search(request, None, "")
 
 
 @router.get("/metadata")
@@ -146,6 +158,7 @@ async def type_search(request: Request, resource_type: str) -> Response:
     return await _search(request, (resource_type,), resource_type)
 
 
+@router.get("/{resource_type}/_search")
 @router.post("/{resource_type}/_search")
 async def type_search_post(request: Request, resource_type: str) -> Response:
     check_type(resource_type)

@@ -20,6 +20,9 @@ from .ucum import UCUM_SYSTEM, canonical
 
 CHOICE_TYPES: dict[str, list[str]] = json.loads(
     resources.files("fhir_server.search").joinpath("data/choice-elements.json").read_text())
+# `code` elements with a required binding to one CodeSystem: that system is implied (Patient.gender).
+CODE_SYSTEMS: dict[str, str] = json.loads(
+    resources.files("fhir_server.search").joinpath("data/code-systems.json").read_text())
 
 
 @dataclass
@@ -146,6 +149,29 @@ def _walk(path: _Path, node: Any) -> list[Any]:
     return nodes
 
 
+BOOLEAN_ELEMENTS: frozenset[str] = frozenset(json.loads(
+    resources.files("fhir_server.search").joinpath("data/boolean-elements.json").read_text()))
+
+
+@cache
+def element_path(expression: str, resource_type: str) -> str | None:
+    """Patient.gender for a plain path expression; None for unions, casts and functions."""
+    compiled = compile_expression(expression, resource_type)
+    if not compiled or len(compiled) != 1 or any(kind != "field" for kind, _ in compiled[0].steps):
+        return None
+    return ".".join([compiled[0].root, *(arg for _, arg in compiled[0].steps)])
+
+
+def implicit_system(expression: str, resource_type: str) -> str | None:
+    """The CodeSystem of a plain `code` element the expression selects, if its binding names one."""
+    path = element_path(expression, resource_type)
+    return CODE_SYSTEMS.get(path) if path else None
+
+
+def is_boolean(expression: str, resource_type: str) -> bool:
+    return element_path(expression, resource_type) in BOOLEAN_ELEMENTS
+
+
 def evaluate(expression: str, resource_type: str, resource: dict[str, Any]) -> list[Any]:
     compiled = compile_expression(expression, resource_type)
     if compiled is not None:
@@ -190,11 +216,11 @@ def _reference_parts(reference: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _tokens(param: str, value: Any, rows: IndexRows) -> None:
+def _tokens(param: str, value: Any, rows: IndexRows, system: str | None = None) -> None:
     if isinstance(value, bool):
         rows.token.append((param, None, "true" if value else "false", None))
     elif isinstance(value, str):
-        rows.token.append((param, None, value, None))
+        rows.token.append((param, system, value, None))
     elif isinstance(value, dict):
         if "coding" in value or "text" in value and "system" not in value and "value" not in value:
             for coding in value.get("coding") or []:
@@ -264,12 +290,13 @@ def quantity_row(param: str, q: dict[str, Any]) -> tuple | None:
     return (param, system, code, float(value), canon_code, canon_value)
 
 
-def _add_values(param: SearchParam, values: list[Any], rows: IndexRows) -> None:
+def _add_values(param: SearchParam, values: list[Any], rows: IndexRows, resource_type: str = "") -> None:
     code = param.code
     kind = param.type
+    system = implicit_system(param.expression, resource_type) if kind == "token" and resource_type else None
     for value in values:
         if kind == "token":
-            _tokens(code, value, rows)
+            _tokens(code, value, rows, system)
         elif kind == "string":
             _strings(code, value, rows)
         elif kind == "date":
@@ -305,27 +332,31 @@ def _composite(param: SearchParam, resource_type: str, resource: dict[str, Any],
     defs = [registry.by_url.get(c.definition) for c in param.components]
     if None in defs or defs[0].type != "token":
         return
-    for element in evaluate(param.expression, resource_type, resource):
-        if not isinstance(element, dict):
+    for branch in param.expression.split("|"):
+        root = branch.strip()  # element path, so that choice types such as value[x] resolve
+        for element in evaluate(root, resource_type, resource):
+            if isinstance(element, dict):
+                _composite_rows(param, defs, root, element, rows)
+
+
+def _composite_rows(param: SearchParam, defs, root: str, element: dict[str, Any], rows: IndexRows) -> None:
+    first, second = IndexRows(), IndexRows()
+    for comp, definition, out in zip(param.components, defs, (first, second), strict=True):
+        compiled = compile_expression(comp.expression, root, True)
+        values = ([v for path in compiled for v in _walk(path, element)] if compiled is not None
+                  else _fhirpath(comp.expression, element))
+        _add_values(SearchParam(param.code, definition.type, ""), values, out)
+    for _, system, code, _text in first.token:
+        if code is None:
             continue
-        first, second = IndexRows(), IndexRows()
-        root = param.expression.strip()  # element path, so choice types such as value[x] resolve
-        for comp, definition, out in zip(param.components, defs, (first, second), strict=True):
-            compiled = compile_expression(comp.expression, root, True)
-            values = ([v for path in compiled for v in _walk(path, element)] if compiled is not None
-                      else _fhirpath(comp.expression, element))
-            _add_values(SearchParam(param.code, definition.type, ""), values, out)
-        for _, system, code, _text in first.token:
-            if code is None:
-                continue
-            for q in second.quantity:
-                rows.composite.append((param.code, system, code, q[1], q[2], q[3], q[3], q[4], q[5]))
-            for t in second.token:
-                rows.composite.append((param.code, system, code, t[1], t[2], None, None, None, None))
-            for d in second.date:
-                rows.composite.append((param.code, system, code, None, None, d[1], d[2], None, None))
-            for s in second.string:
-                rows.composite.append((param.code, system, code, None, s[1], None, None, None, None))
+        for q in second.quantity:
+            rows.composite.append((param.code, system, code, q[1], q[2], q[3], q[3], q[4], q[5]))
+        for t in second.token:
+            rows.composite.append((param.code, system, code, t[1], t[2], None, None, None, None))
+        for d in second.date:
+            rows.composite.append((param.code, system, code, None, None, d[1], d[2], None, None))
+        for s in second.string:
+            rows.composite.append((param.code, system, code, None, s[1], None, None, None, None))
 
 
 def extract(resource_type: str, resource: dict[str, Any], registry) -> IndexRows:
@@ -336,7 +367,7 @@ def extract(resource_type: str, resource: dict[str, Any], registry) -> IndexRows
         if param.type == "composite":
             _composite(param, resource_type, resource, registry, rows)
         elif param.type != "special" and param.expression:
-            _add_values(param, evaluate(param.expression, resource_type, resource), rows)
+            _add_values(param, evaluate(param.expression, resource_type, resource), rows, resource_type)
     # keep only distinct rows: a value reached by two paths is indexed once
     for table in IndexRows.TABLES:
         values = getattr(rows, table)

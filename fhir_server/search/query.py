@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from ..model.outcome import BadRequest, Issue, NotFound
 from ..model.types import is_resource_type
 from .dates import date_range
+from .extract import is_boolean
 from .registry import CORE, PATIENT_COMPARTMENT, RESULT_PARAMETERS, Registry, SearchParam
 from .text import normalize
 
@@ -144,13 +146,12 @@ def _split_prefix(raw: str) -> tuple[str, str]:
 
 
 def _number_range(text: str) -> tuple[float, float, float]:
-    """Value and implicit range: '100' covers [99.5, 100.5), '1e2' likewise by significant digits."""
-    value = float(text)
-    mantissa = text.lower().split("e")[0].lstrip("+-")
-    exponent = int(text.lower().split("e")[1]) if "e" in text.lower() else 0
-    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
-    half = 0.5 * 10 ** (exponent - decimals)
-    return value, value - half, value + half
+    """Value and implicit range from its significant digits: '100' covers [99.5, 100.5), '0.8' [0.75, 0.85).
+
+    Decimal arithmetic, so that 0.8 + 0.05 is exactly 0.85 and boundaries fall where the digits say."""
+    value = Decimal(text)
+    half = Decimal(5).scaleb(value.as_tuple().exponent - 1)
+    return float(value), float(value - half), float(value + half)
 
 
 def parse_token(raw: str) -> TokenValue:
@@ -241,11 +242,11 @@ class QueryParser:
         if base_name in RESULT_PARAMETERS:
             self._result_parameter(query, name, raw)
             return
-        query.self_params.append((name, raw))
         # System-level search uses the first type's definition: only common parameters (_tag, ...) apply
         clause = self.clause(query.resource_types[0], name, raw, depth=0)
         if clause is not None:
             query.clauses.append(clause)
+            query.self_params.append((name, raw))  # links repeat only what was applied
 
     def clause(self, resource_type: str, name: str, raw: str, depth: int) -> Clause | None:
         if depth > MAX_CHAIN_DEPTH:
@@ -273,12 +274,12 @@ class QueryParser:
             if raw not in ("true", "false"):
                 raise ValueError("missing takes true or false")
             return Clause(code, "missing", param=param, missing=raw == "true")
-        return self._simple(param, modifier or None, raw)
+        return self._simple(resource_type, param, modifier or None, raw)
 
     def _bad_modifier(self, code: str, modifier: str):
         raise ValueError(f"modifier ':{modifier}' is not supported on '{code}'")
 
-    def _simple(self, param: SearchParam, modifier: str | None, raw: str) -> Clause:
+    def _simple(self, resource_type: str, param: SearchParam, modifier: str | None, raw: str) -> Clause:
         kind = param.type
         raws = _split_or(raw)
         if any(v == "" for v in raws):
@@ -308,6 +309,10 @@ class QueryParser:
             clause.values = [parse_reference(v, self.base_url, type_modifier) for v in raws]
         elif kind == "composite":
             clause.values = [self._composite_value(param, v) for v in raws]
+        elif kind == "token" and is_boolean(param.expression, resource_type):
+            if any(v not in ("true", "false") for v in raws):
+                raise ValueError(f"'{param.code}' is true or false")
+            clause.values = [TokenValue(None, v) for v in raws]
         elif kind in _VALUE_PARSERS:
             clause.values = [_VALUE_PARSERS[kind](v) for v in raws]
         else:

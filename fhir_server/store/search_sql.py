@@ -215,8 +215,8 @@ class SearchSql:
             return "reference", code, _reference_condition
         if kind == "uri":
             def uri_cond(t, v):
-                if modifier == "below":
-                    return _prefix(t.c.value, v.value)
+                if modifier == "below":  # the same URL or one below it in the path hierarchy
+                    return or_(t.c.value == v.value, _prefix(t.c.value, v.value.rstrip("/") + "/"))
                 if modifier == "above":
                     return literal(v.value).like(t.c.value.concat("%"))
                 return t.c.value == v.value
@@ -229,7 +229,7 @@ class SearchSql:
         if kind == "content":
             return cast(r.c.content, Text)
         if self.dialect == "postgresql":
-            return r.c.content.op("#>>")(literal("{text,div}"))
+            return func.jsonb_extract_path_text(r.c.content, "text", "div")
         return func.json_extract(r.c.content, "$.text.div")
 
     def _chain(self, clause: Clause, r, types) -> ColumnElement:
