@@ -33,10 +33,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("schema migrated", extra={"versions": applied, "backend": store.backend})
         app.state.store = store
         app.state.service = ResourceService(store)
+        await app.state.service.start()
         log.info("ready", extra={"backend": store.backend})
         try:
             yield
         finally:
+            await app.state.service.custom.wait()
             await store.close()
 
     app = FastAPI(title="Alliance FHIR server", version=__version__, lifespan=lifespan,

@@ -11,9 +11,10 @@ from .model.compartment import patient_key
 from .model.outcome import BadRequest, Gone, NotFound
 from .model.types import is_resource_type, is_valid_id
 from .model.validate import validate_resource
+from .search.custom import CustomParameters, check_definition, is_active
 from .search.extract import extract
 from .search.query import SearchQuery, compartment_clause, parse_search
-from .search.registry import CORE, Registry
+from .search.registry import Registry
 from .store import HistoryPage, ResourceStore, ResourceVersion, WriteResult
 
 
@@ -37,19 +38,38 @@ def check_body_type(resource_type: str, resource: dict[str, Any]) -> None:
 
 
 class ResourceService:
-    def __init__(self, store: ResourceStore, registry: Registry = CORE):
+    def __init__(self, store: ResourceStore):
         self.store = store
-        self.registry = registry
+        self.custom = CustomParameters(store)
+
+    @property
+    def registry(self) -> Registry:
+        """Search parameters in force: the R4 core ones plus active SearchParameter resources."""
+        return self.custom.registry
+
+    async def start(self) -> None:
+        await self.custom.load()
 
     async def create(self, resource_type: str, resource: dict[str, Any]) -> ResourceVersion:
         check_type(resource_type)
         check_body_type(resource_type, resource)
         resource = {k: v for k, v in resource.items() if k != "id"}  # spec: the server ignores a client id
         validate_resource(resource, resource_type)
+        self._check_business_rules(resource_type, resource)
         resource_id = str(uuid.uuid4())
-        return await self.store.create(resource_type, resource_id, resource,
-                                       patient_key(resource_type, resource_id, resource),
-                                       extract(resource_type, resource, self.registry))
+        version = await self.store.create(resource_type, resource_id, resource,
+                                          patient_key(resource_type, resource_id, resource),
+                                          extract(resource_type, resource, self.registry))
+        await self._after_write(resource_type, resource)
+        return version
+
+    def _check_business_rules(self, resource_type: str, resource: dict[str, Any]) -> None:
+        if resource_type == "SearchParameter" and is_active(resource):
+            check_definition(resource)
+
+    async def _after_write(self, resource_type: str, resource: dict[str, Any] | None) -> None:
+        if resource_type == "SearchParameter":
+            await self.custom.changed(resource)
 
     async def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
                      if_match: int | None = None) -> WriteResult:
@@ -64,9 +84,12 @@ class ResourceService:
             raise BadRequest(f"id '{body_id}' in the body does not match '{resource_id}' in the URL",
                              expression=[f"{resource_type}.id"])
         validate_resource(resource, resource_type)
-        return await self.store.update(resource_type, resource_id, resource, if_match=if_match,
-                                       patient_key=patient_key(resource_type, resource_id, resource),
-                                       index=extract(resource_type, resource, self.registry))
+        self._check_business_rules(resource_type, resource)
+        result = await self.store.update(resource_type, resource_id, resource, if_match=if_match,
+                                         patient_key=patient_key(resource_type, resource_id, resource),
+                                         index=extract(resource_type, resource, self.registry))
+        await self._after_write(resource_type, resource)
+        return result
 
     async def read(self, resource_type: str, resource_id: str) -> ResourceVersion:
         check_type(resource_type)
@@ -96,7 +119,10 @@ class ResourceService:
                      if_match: int | None = None) -> ResourceVersion | None:
         check_type(resource_type)
         check_id(resource_id)
-        return await self.store.delete(resource_type, resource_id, if_match=if_match)
+        version = await self.store.delete(resource_type, resource_id, if_match=if_match)
+        if version is not None:
+            await self._after_write(resource_type, None)
+        return version
 
     async def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
                       since: datetime | None = None, count: int, cursor: int | None = None) -> HistoryPage:
@@ -108,14 +134,15 @@ class ResourceService:
                 raise NotFound(f"Resource {resource_type}/{resource_id} is not known")
         return await self.store.history(resource_type, resource_id, since=since, count=count, cursor=cursor)
 
-    def parse_search(self, resource_types: tuple[str, ...], params: list[tuple[str, str]], *, base_url: str,
-                     strict: bool, default_count: int, max_count: int) -> SearchQuery:
+    async def search(self, resource_types: tuple[str, ...], params: list[tuple[str, str]], *, base_url: str,
+                     strict: bool, default_count: int, max_count: int,
+                     compartment: tuple[str, str] | None = None) -> tuple[SearchQuery, Any]:
+        """Parse and run a search; returns the parsed query (links, warnings) and the page."""
         for resource_type in resource_types:
             check_type(resource_type)
-        return parse_search(self.registry, resource_types, params, base_url=base_url, strict=strict,
-                            default_count=default_count, max_count=max_count)
-
-    async def search(self, query: SearchQuery, *, compartment: tuple[str, str] | None = None):
+        await self.custom.refresh_if_changed()
+        query = parse_search(self.registry, resource_types, params, base_url=base_url, strict=strict,
+                             default_count=default_count, max_count=max_count)
         extra = []
         if compartment is not None:
             compartment_type, compartment_id = compartment
@@ -123,4 +150,4 @@ class ResourceService:
                 raise NotFound(f"Compartment {compartment_type} is not supported (only Patient)")
             check_id(compartment_id)
             extra.append(compartment_clause(self.registry, query.resource_types[0], compartment_id))
-        return await self.store.search(query, extra)
+        return query, await self.store.search(query, extra)

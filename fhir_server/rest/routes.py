@@ -115,11 +115,10 @@ async def _search(request: Request, resource_types: tuple[str, ...] | None, path
     if resource_types is None:  # system level: the types come from _type
         resource_types = _system_types(params)
     settings = request.app.state.settings
-    query = service(request).parse_search(
+    query, page = await service(request).search(
         resource_types, params, base_url=base_url(request),
         strict=prefer(request, "handling") == "strict", default_count=settings.default_page_size,
-        max_count=settings.max_page_size)
-    page = await service(request).search(query, compartment=compartment)
+        max_count=settings.max_page_size, compartment=compartment)
     return fhir_response(request, searchset_bundle(request, path, query, page))
 
 

@@ -20,6 +20,8 @@ from .ucum import UCUM_SYSTEM, canonical
 
 CHOICE_TYPES: dict[str, list[str]] = json.loads(
     resources.files("fhir_server.search").joinpath("data/choice-elements.json").read_text())
+# Type suffixes of choice elements (valueQuantity, valueString, ...), for choices inside data types.
+_CHOICE_SUFFIXES = frozenset(t for types in CHOICE_TYPES.values() for t in types)
 # `code` elements with a required binding to one CodeSystem: that system is implied (Patient.gender).
 CODE_SYSTEMS: dict[str, str] = json.loads(
     resources.files("fhir_server.search").joinpath("data/code-systems.json").read_text())
@@ -123,6 +125,8 @@ def _walk(path: _Path, node: Any) -> list[Any]:
                     continue
                 if choices is not None:
                     keys = [arg + _upper_first(explicit)] if explicit else [arg + t for t in choices]
+                elif arg not in n:  # a choice inside a data type, e.g. Extension.value[x]
+                    keys = [k for k in n if k.startswith(arg) and k[len(arg):] in _CHOICE_SUFFIXES]
                 else:
                     keys = [arg]
                 for key in keys:
@@ -182,11 +186,34 @@ def evaluate(expression: str, resource_type: str, resource: dict[str, Any]) -> l
     return _fhirpath(expression, resource)
 
 
+def _check_syntax(expression: str) -> None:
+    """Raise on a syntax error (fhirpathpy's own parser recovers silently and evaluates to nothing)."""
+    from antlr4 import CommonTokenStream, InputStream
+    from antlr4.error.ErrorListener import ErrorListener
+    from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+    from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
+
+    class Raise(ErrorListener):
+        def syntaxError(self, recognizer, symbol, line, column, msg, e):  # noqa: N802 (antlr API)
+            raise ValueError(f"column {column}: {msg}")
+
+    lexer = FHIRPathLexer(InputStream(expression))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(Raise())
+    parser = FHIRPathParser(CommonTokenStream(lexer))
+    parser.removeErrorListeners()
+    parser.addErrorListener(Raise())
+    parser.expression()
+    if parser.getCurrentToken().type != -1:  # trailing input that is not part of an expression
+        raise ValueError(f"unexpected '{parser.getCurrentToken().text}'")
+
+
 @cache
 def _fhirpath_compiled(expression: str):
     import fhirpathpy  # imported lazily: only complex expressions need the engine
 
     try:
+        _check_syntax(expression)
         return fhirpathpy.compile(expression)
     except Exception:  # an expression the engine cannot parse indexes nothing
         return None

@@ -40,6 +40,9 @@ class Registry:
     by_type: dict[str, dict[str, SearchParam]] = field(default_factory=dict)
     by_url: dict[str, SearchParam] = field(default_factory=dict)
 
+    def copy(self) -> Registry:
+        return Registry({t: dict(params) for t, params in self.by_type.items()}, dict(self.by_url))
+
     def get(self, resource_type: str, code: str) -> SearchParam | None:
         return self.by_type.get(resource_type, {}).get(code)
 

@@ -64,6 +64,10 @@ class StoreTransaction(ABC):
                      if_match: int | None = None) -> ResourceVersion | None:
         """Logically delete; return the deletion version, or None if it was already deleted."""
 
+    @abstractmethod
+    async def replace_index(self, pk: int, resource_type: str, index: Any) -> None:
+        """Rewrite the search index rows of one resource (re-indexing after a parameter change)."""
+
 
 class ResourceStore(ABC):
     backend: str
@@ -92,6 +96,10 @@ class ResourceStore(ABC):
     async def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
                       since: datetime | None = None, count: int = 20,
                       cursor: int | None = None) -> HistoryPage: ...
+
+    @abstractmethod
+    async def scan(self, resource_types: list[str], after_pk: int, limit: int) -> list[tuple[int, str, str, str]]:
+        """(pk, type, id, JSON) of current resources after a pk, in pk order."""
 
     @abstractmethod
     async def search(self, query: Any, extra: list[Any] | None = None) -> Any:

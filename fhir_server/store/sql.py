@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import and_, false, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..model.outcome import Conflict, NotFound, PreconditionFailed
@@ -73,14 +73,21 @@ class SqlTransaction(StoreTransaction):
                 raise Conflict(f"{resource_type}/{resource_id} already exists")
         else:
             await self.conn.execute(res.update().where(res.c.pk == pk).values(**values))
-            for table in SEARCH_TABLES.values():
-                await self.conn.execute(table.delete().where(table.c.res_pk == pk))
+            await self.drop_index(pk)
         if index is not None:
             await self._write_index(pk, resource_type, index)
         await self.conn.execute(rv.insert().values(resource_type=resource_type, id=resource_id, method=method,
                                                    version_id=version_id, last_updated=ts,
                                                    patient_key=patient_key, content=content))
         return ResourceVersion(resource_type, resource_id, version_id, ts, resource is None, content, method)
+
+    async def drop_index(self, pk: int) -> None:
+        for table in SEARCH_TABLES.values():
+            await self.conn.execute(table.delete().where(table.c.res_pk == pk))
+
+    async def replace_index(self, pk: int, resource_type: str, index: IndexRows) -> None:
+        await self.drop_index(pk)
+        await self._write_index(pk, resource_type, index)
 
     async def _write_index(self, pk: int, resource_type: str, index: IndexRows) -> None:
         for name, table in SEARCH_TABLES.items():
@@ -155,6 +162,14 @@ class SqlResourceStore(ResourceStore):
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
         async with self.write_engine.begin() as conn:
             yield SqlTransaction(self, conn)
+
+    async def scan(self, resource_types, after_pk: int, limit: int) -> list[tuple[int, str, str, str]]:
+        """Current (not deleted) resources of some types in pk order, for re-indexing."""
+        query = (select(res.c.pk, res.c.resource_type, res.c.id, res.c.content)
+                 .where(res.c.resource_type.in_(resource_types), res.c.deleted == false(),
+                        res.c.pk > after_pk).order_by(res.c.pk).limit(limit))
+        async with self.read_engine.connect() as conn:
+            return [tuple(row) for row in (await conn.execute(query)).all()]
 
     async def search(self, query, extra=None):
         async with self.read_engine.connect() as conn:
