@@ -63,6 +63,24 @@ class ResourceService:
         await self._after_write(resource_type, resource)
         return version
 
+    async def create_many(self, resources: list[dict[str, Any]]) -> list[ResourceVersion]:
+        """Validate and create many resources in one transaction (bulk load); all or nothing."""
+        items = []
+        for resource in resources:
+            resource_type = resource.get("resourceType", "")
+            check_type(resource_type)
+            resource = {k: v for k, v in resource.items() if k != "id"}
+            validate_resource(resource, resource_type)
+            self._check_business_rules(resource_type, resource)
+            resource_id = str(uuid.uuid4())
+            items.append((resource_type, resource_id, resource, patient_key(resource_type, resource_id, resource),
+                          extract(resource_type, resource, self.registry)))
+        async with self.store.transaction() as tx:
+            versions = await tx.create_many(items)
+        for resource_type in {item[0] for item in items} & {"SearchParameter"}:
+            await self._after_write(resource_type, None)
+        return versions
+
     def _check_business_rules(self, resource_type: str, resource: dict[str, Any]) -> None:
         if resource_type == "SearchParameter" and is_active(resource):
             check_definition(resource)

@@ -37,10 +37,12 @@ def _run(cmd: list[str], as_postgres: bool) -> None:
 
 
 @contextmanager
-def postgres_cluster(*, durable: bool = False) -> Iterator[str]:
+def postgres_cluster(*, durable: bool = False, settings: str = "", keep_log: str | None = None) -> Iterator[str]:
     """Yield a postgresql:// URL of a fresh database; the cluster is removed afterwards.
 
-    durable=False turns off fsync (test speed); benches pass durable=True to measure real commits."""
+    durable=False turns off fsync (test speed); benches pass durable=True to measure real commits.
+    settings: extra server options (e.g. "-c shared_preload_libraries=auto_explain"); keep_log: a path
+    the server log is copied to before the cluster is removed."""
     bindir = find_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL server binaries (initdb) not found; install the postgresql package")
@@ -50,13 +52,13 @@ def postgres_cluster(*, durable: bool = False) -> Iterator[str]:
     if as_postgres:
         shutil.chown(workdir, "postgres", "postgres")
     port = free_port()
-    settings = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c max_connections=200 {settings}"
     if not durable:
-        settings += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     try:
         _run([f"{bindir}/initdb", "-D", datadir, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
              as_postgres)
-        _run([f"{bindir}/pg_ctl", "-D", datadir, "-o", settings, "-l", f"{workdir}/log", "-w", "start"],
+        _run([f"{bindir}/pg_ctl", "-D", datadir, "-o", options, "-l", f"{workdir}/log", "-w", "start"],
              as_postgres)
         _run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "fhir"], as_postgres)
         yield f"postgresql://postgres@127.0.0.1:{port}/fhir"
@@ -64,4 +66,6 @@ def postgres_cluster(*, durable: bool = False) -> Iterator[str]:
         subprocess.run((["runuser", "-u", "postgres", "--"] if as_postgres else [])
                        + [f"{bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "-w", "stop"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if keep_log and os.path.exists(f"{workdir}/log"):
+            shutil.copyfile(f"{workdir}/log", keep_log)
         shutil.rmtree(workdir, ignore_errors=True)

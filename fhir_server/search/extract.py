@@ -386,11 +386,40 @@ def _composite_rows(param: SearchParam, defs, root: str, element: dict[str, Any]
             rows.composite.append((param.code, system, code, None, s[1], None, None, None, None))
 
 
+def _first_keys(expression: str, resource_type: str) -> frozenset[str] | None:
+    """Top-level JSON keys a compiled expression starts from (value -> valueQuantity, ...); None if unknown."""
+    compiled = compile_expression(expression, resource_type)
+    if compiled is None:
+        return None
+    keys: set[str] = set()
+    for path in compiled:
+        if not path.steps or path.steps[0][0] != "field":
+            return None
+        name = path.steps[0][1]
+        choices = CHOICE_TYPES.get(f"{resource_type}.{name}")
+        keys.update([name + t for t in choices] if choices else [name])
+    return frozenset(keys)
+
+
+@cache
+def _needed_keys(param: SearchParam, resource_type: str) -> tuple[frozenset[str], ...]:
+    """Sets of top-level keys of which a resource needs one each for the parameter to have values."""
+    if param.type == "composite" and param.expression.strip() == resource_type:
+        # a composite over the resource itself needs every component's element (code and value[x])
+        keys = [_first_keys(f"{resource_type}.{c.expression}", resource_type) for c in param.components]
+    else:
+        keys = [_first_keys(param.expression, resource_type)]
+    return tuple(k for k in keys if k is not None)
+
+
 def extract(resource_type: str, resource: dict[str, Any], registry) -> IndexRows:
     rows = IndexRows()
+    present = resource.keys()
     for param in registry.params(resource_type).values():
         if param.code in ("_id", "_lastUpdated"):  # columns of the resources table
             continue
+        if any(keys.isdisjoint(present) for keys in _needed_keys(param, resource_type)):
+            continue  # the elements this parameter reads are absent
         if param.type == "composite":
             _composite(param, resource_type, resource, registry, rows)
         elif param.type != "special" and param.expression:

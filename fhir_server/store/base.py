@@ -65,6 +65,10 @@ class StoreTransaction(ABC):
         """Logically delete; return the deletion version, or None if it was already deleted."""
 
     @abstractmethod
+    async def create_many(self, items: list[tuple[str, str, dict[str, Any], str | None, Any]]) -> list[ResourceVersion]:
+        """Bulk create of (type, id, resource, patient_key, index) in this transaction."""
+
+    @abstractmethod
     async def replace_index(self, pk: int, resource_type: str, index: Any) -> None:
         """Rewrite the search index rows of one resource (re-indexing after a parameter change)."""
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, false, func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..model.outcome import Conflict, NotFound, PreconditionFailed
@@ -75,7 +76,7 @@ class SqlTransaction(StoreTransaction):
             await self.conn.execute(res.update().where(res.c.pk == pk).values(**values))
             await self.drop_index(pk)
         if index is not None:
-            await self._write_index(pk, resource_type, index)
+            await self._write_indexes([(pk, resource_type, index)])
         await self.conn.execute(rv.insert().values(resource_type=resource_type, id=resource_id, method=method,
                                                    version_id=version_id, last_updated=ts,
                                                    patient_key=patient_key, content=content))
@@ -87,16 +88,40 @@ class SqlTransaction(StoreTransaction):
 
     async def replace_index(self, pk: int, resource_type: str, index: IndexRows) -> None:
         await self.drop_index(pk)
-        await self._write_index(pk, resource_type, index)
+        await self._write_indexes([(pk, resource_type, index)])
 
-    async def _write_index(self, pk: int, resource_type: str, index: IndexRows) -> None:
+    async def _write_indexes(self, entries: list[tuple[int, str, IndexRows]]) -> None:
+        """Index rows of many resources: one multi-row INSERT per table."""
         for name, table in SEARCH_TABLES.items():
-            rows = getattr(index, name)
+            columns = _INDEX_COLUMNS[name]
+            rows = [{"res_pk": pk, "resource_type": resource_type, "param": row[0],
+                     **dict(zip(columns, row[1:], strict=True))}
+                    for pk, resource_type, index in entries for row in getattr(index, name)]
             if rows:
-                columns = _INDEX_COLUMNS[name]
-                await self.conn.execute(table.insert(), [
-                    {"res_pk": pk, "resource_type": resource_type, "param": row[0],
-                     **dict(zip(columns, row[1:], strict=True))} for row in rows])
+                await self.conn.execute(table.insert(), rows)
+
+    async def create_many(self, items) -> list[ResourceVersion]:
+        """Bulk create: (type, id, resource, patient_key, index) tuples in a handful of statements."""
+        if not items:
+            return []
+        ts = now_ms()
+        versions = [ResourceVersion(rt, rid, 1, ts, False, _stamp(resource, rid, 1, ts), "POST")
+                    for rt, rid, resource, _, _ in items]
+        rows = [{"resource_type": v.resource_type, "id": v.id, "version_id": 1, "last_updated": ts,
+                 "deleted": False, "patient_key": item[3], "content": v.content}
+                for v, item in zip(versions, items, strict=True)]
+        try:
+            result = await self.conn.execute(
+                res.insert().returning(res.c.pk, sort_by_parameter_order=True), rows)
+        except IntegrityError as exc:
+            raise Conflict("A resource in the batch already exists") from exc
+        pks = [row.pk for row in result]
+        await self.conn.execute(rv.insert(), [
+            {"resource_type": v.resource_type, "id": v.id, "version_id": 1, "last_updated": ts, "method": "POST",
+             "patient_key": item[3], "content": v.content} for v, item in zip(versions, items, strict=True)])
+        await self._write_indexes([(pk, item[0], item[4]) for pk, item in zip(pks, items, strict=True)
+                                   if item[4] is not None])
+        return versions
 
     async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
         return await self._write(resource_type, resource_id, 1, "POST", resource, patient_key, index, pk=None)
