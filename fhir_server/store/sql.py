@@ -131,7 +131,10 @@ class SqlTransaction(StoreTransaction):
         if current is None:
             if if_match is not None:
                 raise PreconditionFailed(f"If-Match given but {resource_type}/{resource_id} does not exist")
-            return WriteResult(await self.create(resource_type, resource_id, resource, patient_key, index), True)
+            try:
+                return WriteResult(await self.create(resource_type, resource_id, resource, patient_key, index), True)
+            except Conflict:  # a concurrent create-on-update of the same id won: update its version instead
+                current = await self._current(resource_type, resource_id)
         if if_match is not None and if_match != current.version_id:
             raise PreconditionFailed(
                 f"Version conflict: If-Match is {if_match} but {resource_type}/{resource_id} is at version "
