@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if applied:
             log.info("schema migrated", extra={"versions": applied, "backend": store.backend})
         app.state.store = store
-        app.state.service = ResourceService(store)
+        app.state.service = ResourceService(store, settings)
         await app.state.service.start()
         log.info("ready", extra={"backend": store.backend})
         try:

@@ -1,21 +1,30 @@
-"""The one write/read path for resources: type checks, validation, ids, compartment keys, then the
-store. The REST layer, the DICOM bridge and ECG triage all go through here."""
+"""The one write/read path for resources: type checks, validation, ids, compartment keys, search
+indexing, conditional interactions and PATCH, then the store. The REST layer, bundles, the loader,
+the DICOM bridge and ECG triage all go through here, inside a transaction of their own or the
+caller's (a transaction Bundle)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
 
 from .model.compartment import patient_key
-from .model.outcome import BadRequest, Gone, NotFound
+from .model.outcome import BadRequest, Gone, NotFound, PreconditionFailed, Unprocessable
 from .model.types import is_resource_type, is_valid_id
-from .model.validate import validate_resource
+from .model.validate import InvalidResource, validate_resource
+from .ops.patch import apply_patch
 from .search.custom import CustomParameters, check_definition, is_active
 from .search.extract import extract
 from .search.query import SearchQuery, compartment_clause, parse_search
 from .search.registry import Registry
-from .store import HistoryPage, ResourceStore, ResourceVersion, WriteResult
+from .settings import Settings
+from .store import HistoryPage, ResourceStore, ResourceVersion, StoreTransaction, WriteResult
 
 
 def check_type(resource_type: str) -> None:
@@ -38,8 +47,9 @@ def check_body_type(resource_type: str, resource: dict[str, Any]) -> None:
 
 
 class ResourceService:
-    def __init__(self, store: ResourceStore):
+    def __init__(self, store: ResourceStore, settings: Settings | None = None):
         self.store = store
+        self.settings = settings or Settings()
         self.custom = CustomParameters(store)
 
     @property
@@ -50,18 +60,51 @@ class ResourceService:
     async def start(self) -> None:
         await self.custom.load()
 
-    async def create(self, resource_type: str, resource: dict[str, Any]) -> ResourceVersion:
+    # ---- transactions ----
+
+    @asynccontextmanager
+    async def transaction(self, tx: StoreTransaction | None = None) -> AsyncIterator[StoreTransaction]:
+        """The caller's transaction, or a new one; registry changes apply once it commits."""
+        if tx is not None:
+            yield tx
+            return
+        async with self.store.transaction() as new:
+            new.changed_parameters = []  # SearchParameter writes, handled after commit
+            yield new
+        for definition in new.changed_parameters:
+            await self.custom.changed(definition)
+
+    def _after_write(self, tx: StoreTransaction, resource_type: str, resource: dict[str, Any] | None) -> None:
+        if resource_type == "SearchParameter":
+            tx.changed_parameters.append(resource)
+
+    def _prepare(self, resource_type: str, resource_id: str, resource: dict[str, Any]):
+        validate_resource(resource, resource_type)
+        if resource_type == "SearchParameter" and is_active(resource):
+            check_definition(resource)
+        return patient_key(resource_type, resource_id, resource), extract(resource_type, resource, self.registry)
+
+    # ---- writes ----
+
+    async def create(self, resource_type: str, resource: dict[str, Any], *, if_none_exist: str | None = None,
+                     tx: StoreTransaction | None = None, resource_id: str | None = None) -> WriteResult:
+        """Create with a server-assigned id (or resource_id, for bundles that pre-assign one).
+        If-None-Exist: an existing match is returned instead (created=False); several matches are 412."""
         check_type(resource_type)
         check_body_type(resource_type, resource)
         resource = {k: v for k, v in resource.items() if k != "id"}  # spec: the server ignores a client id
-        validate_resource(resource, resource_type)
-        self._check_business_rules(resource_type, resource)
-        resource_id = str(uuid.uuid4())
-        version = await self.store.create(resource_type, resource_id, resource,
-                                          patient_key(resource_type, resource_id, resource),
-                                          extract(resource_type, resource, self.registry))
-        await self._after_write(resource_type, resource)
-        return version
+        resource_id = resource_id or str(uuid.uuid4())
+        key, index = self._prepare(resource_type, resource_id, resource)
+        async with self.transaction(tx) as t:
+            if if_none_exist is not None:
+                matches = await self.match(t, resource_type, if_none_exist, lock=True)
+                if len(matches) > 1:
+                    raise PreconditionFailed(f"If-None-Exist '{if_none_exist}' matches {len(matches)} resources")
+                if matches:
+                    return WriteResult(matches[0], False)
+            version = await t.create(resource_type, resource_id, resource, key, index)
+            self._after_write(t, resource_type, resource)
+        return WriteResult(version, True)
 
     async def create_many(self, resources: list[dict[str, Any]]) -> list[ResourceVersion]:
         """Validate and create many resources in one transaction (bulk load); all or nothing."""
@@ -70,27 +113,17 @@ class ResourceService:
             resource_type = resource.get("resourceType", "")
             check_type(resource_type)
             resource = {k: v for k, v in resource.items() if k != "id"}
-            validate_resource(resource, resource_type)
-            self._check_business_rules(resource_type, resource)
             resource_id = str(uuid.uuid4())
-            items.append((resource_type, resource_id, resource, patient_key(resource_type, resource_id, resource),
-                          extract(resource_type, resource, self.registry)))
-        async with self.store.transaction() as tx:
+            key, index = self._prepare(resource_type, resource_id, resource)
+            items.append((resource_type, resource_id, resource, key, index))
+        async with self.transaction() as tx:
             versions = await tx.create_many(items)
-        for resource_type in {item[0] for item in items} & {"SearchParameter"}:
-            await self._after_write(resource_type, None)
+            for item in items:
+                self._after_write(tx, item[0], item[2])
         return versions
 
-    def _check_business_rules(self, resource_type: str, resource: dict[str, Any]) -> None:
-        if resource_type == "SearchParameter" and is_active(resource):
-            check_definition(resource)
-
-    async def _after_write(self, resource_type: str, resource: dict[str, Any] | None) -> None:
-        if resource_type == "SearchParameter":
-            await self.custom.changed(resource)
-
     async def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
-                     if_match: int | None = None) -> WriteResult:
+                     if_match: int | None = None, tx: StoreTransaction | None = None) -> WriteResult:
         check_type(resource_type)
         check_id(resource_id)
         check_body_type(resource_type, resource)
@@ -101,18 +134,106 @@ class ResourceService:
         if body_id != resource_id:
             raise BadRequest(f"id '{body_id}' in the body does not match '{resource_id}' in the URL",
                              expression=[f"{resource_type}.id"])
-        validate_resource(resource, resource_type)
-        self._check_business_rules(resource_type, resource)
-        result = await self.store.update(resource_type, resource_id, resource, if_match=if_match,
-                                         patient_key=patient_key(resource_type, resource_id, resource),
-                                         index=extract(resource_type, resource, self.registry))
-        await self._after_write(resource_type, resource)
+        key, index = self._prepare(resource_type, resource_id, resource)
+        async with self.transaction(tx) as t:
+            result = await t.update(resource_type, resource_id, resource, if_match=if_match, patient_key=key,
+                                    index=index)
+            self._after_write(t, resource_type, resource)
         return result
 
-    async def read(self, resource_type: str, resource_id: str) -> ResourceVersion:
+    async def conditional_update(self, resource_type: str, criteria: str, resource: dict[str, Any], *,
+                                 if_match: int | None = None, tx: StoreTransaction | None = None) -> WriteResult:
+        """PUT [type]?criteria: no match creates, one match updates it, several are 412."""
+        check_type(resource_type)
+        async with self.transaction(tx) as t:
+            matches = await self.match(t, resource_type, criteria, lock=True)
+            if len(matches) > 1:
+                raise PreconditionFailed(f"Conditional update '{criteria}' matches {len(matches)} resources")
+            if matches:
+                body_id = resource.get("id")
+                if body_id is not None and body_id != matches[0].id:
+                    raise BadRequest(f"id '{body_id}' in the body is not the matched resource {matches[0].id}",
+                                     expression=[f"{resource_type}.id"])
+                return await self.update(resource_type, matches[0].id, {**resource, "id": matches[0].id},
+                                         if_match=if_match, tx=t)
+            if resource.get("id"):
+                return await self.update(resource_type, resource["id"], resource, if_match=if_match, tx=t)
+            return await self.create(resource_type, resource, tx=t)
+
+    async def delete(self, resource_type: str, resource_id: str, *, if_match: int | None = None,
+                     tx: StoreTransaction | None = None) -> ResourceVersion | None:
         check_type(resource_type)
         check_id(resource_id)
-        current = await self.store.read(resource_type, resource_id)
+        async with self.transaction(tx) as t:
+            version = await t.delete(resource_type, resource_id, if_match=if_match)
+            if version is not None:
+                self._after_write(t, resource_type, None)
+        return version
+
+    async def conditional_delete(self, resource_type: str, criteria: str, *,
+                                 tx: StoreTransaction | None = None) -> list[ResourceVersion]:
+        """DELETE [type]?criteria: deletes every match, up to FHIR_CONDITIONAL_DELETE_MAX (else 412)."""
+        check_type(resource_type)
+        limit = self.settings.conditional_delete_max
+        async with self.transaction(tx) as t:
+            matches = await self.match(t, resource_type, criteria, lock=True, limit=limit + 1)
+            if len(matches) > limit:
+                raise PreconditionFailed(f"Conditional delete '{criteria}' matches more than {limit} resources "
+                                         "(FHIR_CONDITIONAL_DELETE_MAX)")
+            deleted = []
+            for match in matches:
+                version = await self.delete(resource_type, match.id, tx=t)
+                if version is not None:
+                    deleted.append(version)
+        return deleted
+
+    async def patch(self, resource_type: str, resource_id: str, content_type: str, patch: Any, *,
+                    if_match: int | None = None, tx: StoreTransaction | None = None) -> WriteResult:
+        """Apply a JSON Patch or FHIRPath Patch to the current version; an invalid result is 422."""
+        async with self.transaction(tx) as t:
+            current = await self.read(resource_type, resource_id, tx=t)
+            if if_match is not None and if_match != current.version_id:
+                raise PreconditionFailed(f"Version conflict: If-Match is {if_match} but {resource_type}/"
+                                         f"{resource_id} is at version {current.version_id}")
+            patched = apply_patch(orjson.loads(current.content), content_type, patch)
+            try:
+                validate_resource(patched, resource_type)
+            except InvalidResource as exc:
+                raise Unprocessable(f"The patched resource is not valid: {exc}", issues=exc.issues) from exc
+            return await self.update(resource_type, resource_id, patched, if_match=current.version_id, tx=t)
+
+    async def conditional_patch(self, resource_type: str, criteria: str, content_type: str, patch: Any, *,
+                                if_match: int | None = None, tx: StoreTransaction | None = None) -> WriteResult:
+        check_type(resource_type)
+        async with self.transaction(tx) as t:
+            matches = await self.match(t, resource_type, criteria)
+            if len(matches) != 1:
+                raise (PreconditionFailed if matches else NotFound)(
+                    f"Conditional patch '{criteria}' matches {len(matches)} resources; it needs exactly one")
+            return await self.patch(resource_type, matches[0].id, content_type, patch, if_match=if_match, tx=t)
+
+    async def match(self, tx: StoreTransaction, resource_type: str, criteria: str, *, lock: bool = False,
+                    limit: int = 2) -> list[ResourceVersion]:
+        """Resources matching conditional criteria (a search query string), seen inside the transaction."""
+        criteria = criteria.split("?", 1)[1] if "?" in criteria else criteria
+        params = parse_qsl(criteria, keep_blank_values=True)
+        if not params:
+            raise BadRequest("Conditional criteria must have at least one search parameter")
+        if lock:  # two conditional writes with the same criteria must not both see "no match"
+            await tx.lock(f"{resource_type}?{sorted(params)}")
+        query = parse_search(self.registry, (resource_type,), params, base_url=self.settings.base_url,
+                             strict=True, default_count=limit, max_count=max(limit, 1))
+        query.total = "none"
+        query.count = limit
+        return (await tx.search(query)).matches
+
+    # ---- reads ----
+
+    async def read(self, resource_type: str, resource_id: str, *,
+                   tx: StoreTransaction | None = None) -> ResourceVersion:
+        check_type(resource_type)
+        check_id(resource_id)
+        current = await (tx or self.store).read(resource_type, resource_id)
         if current is None:
             raise NotFound(f"Resource {resource_type}/{resource_id} is not known")
         if current.deleted:
@@ -133,15 +254,6 @@ class ResourceService:
                        version_id=found.version_id, last_updated=found.last_updated_instant)
         return found
 
-    async def delete(self, resource_type: str, resource_id: str, *,
-                     if_match: int | None = None) -> ResourceVersion | None:
-        check_type(resource_type)
-        check_id(resource_id)
-        version = await self.store.delete(resource_type, resource_id, if_match=if_match)
-        if version is not None:
-            await self._after_write(resource_type, None)
-        return version
-
     async def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
                       since: datetime | None = None, count: int, cursor: int | None = None) -> HistoryPage:
         if resource_type is not None:
@@ -153,14 +265,14 @@ class ResourceService:
         return await self.store.history(resource_type, resource_id, since=since, count=count, cursor=cursor)
 
     async def search(self, resource_types: tuple[str, ...], params: list[tuple[str, str]], *, base_url: str,
-                     strict: bool, default_count: int, max_count: int,
-                     compartment: tuple[str, str] | None = None) -> tuple[SearchQuery, Any]:
+                     strict: bool, compartment: tuple[str, str] | None = None,
+                     tx: StoreTransaction | None = None) -> tuple[SearchQuery, Any]:
         """Parse and run a search; returns the parsed query (links, warnings) and the page."""
         for resource_type in resource_types:
             check_type(resource_type)
         await self.custom.refresh_if_changed()
         query = parse_search(self.registry, resource_types, params, base_url=base_url, strict=strict,
-                             default_count=default_count, max_count=max_count)
+                             default_count=self.settings.default_page_size, max_count=self.settings.max_page_size)
         extra = []
         if compartment is not None:
             compartment_type, compartment_id = compartment
@@ -168,4 +280,4 @@ class ResourceService:
                 raise NotFound(f"Compartment {compartment_type} is not supported (only Patient)")
             check_id(compartment_id)
             extra.append(compartment_clause(self.registry, query.resource_types[0], compartment_id))
-        return query, await self.store.search(query, extra)
+        return query, await (tx or self.store).search(query, extra)

@@ -128,7 +128,7 @@ def test_format_negotiation(client):
 
 def test_unknown_endpoint_and_method(client):
     _expect_rejected(client, client.get("/Patient/1/2/3/4"), 404)
-    _expect_rejected(client, client.patch("/metadata"), 405)
+    _expect_rejected(client, client.patch("/"), 405)
 
 
 def test_body_too_large_is_413(client, unchanged):

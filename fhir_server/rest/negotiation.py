@@ -56,18 +56,27 @@ def response_media_type(request: Request) -> str:
     raise NotAcceptable(f"Cannot produce any of [{wanted}]; this server speaks {FHIR_JSON}")
 
 
-def check_body_content_type(request: Request) -> None:
+_RESOURCE_TYPES = (FHIR_JSON, JSON, "application/json+fhir")
+JSON_PATCH = "application/json-patch+json"
+
+
+def body_media_type(request: Request, allowed: tuple[str, ...] = _RESOURCE_TYPES) -> str:
     content_type = request.headers.get("content-type")
     if not content_type:
-        raise UnsupportedMediaType(f"Missing Content-Type; send {FHIR_JSON}")
+        raise UnsupportedMediaType(f"Missing Content-Type; send {allowed[0]}")
     media = content_type.split(";")[0].strip().lower()
-    if media not in (FHIR_JSON, JSON, "application/json+fhir"):
-        raise UnsupportedMediaType(f"Content-Type '{media}' is not supported; send {FHIR_JSON}")
+    if media not in allowed:
+        raise UnsupportedMediaType(f"Content-Type '{media}' is not supported here; send {' or '.join(allowed[:2])}")
+    return media
 
 
 async def read_resource_body(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or 400/415 saying what is wrong with it."""
-    check_body_content_type(request)
+    body_media_type(request)
+    return await read_json_body(request, dict)
+
+
+async def read_json_body(request: Request, expected: type = dict) -> Any:
     raw = await request.body()
     if not raw.strip():
         raise BadRequest("The request body is empty")
@@ -75,6 +84,7 @@ async def read_resource_body(request: Request) -> dict[str, Any]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"Malformed JSON: {exc}", code="structure") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object (a FHIR resource)", code="structure")
+    if not isinstance(body, expected):
+        what = "a JSON object (a FHIR resource)" if expected is dict else "a JSON array"
+        raise BadRequest(f"The request body must be {what}", code="structure")
     return body

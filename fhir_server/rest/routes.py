@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter
@@ -15,7 +16,15 @@ from ..model.types import RESOURCE_TYPES
 from ..service import ResourceService, check_type
 from .bundles import history_bundle, searchset_bundle
 from .capability import capability_statement
-from .negotiation import read_resource_body, response_media_type
+from .negotiation import (
+    FHIR_JSON,
+    JSON,
+    JSON_PATCH,
+    body_media_type,
+    read_json_body,
+    read_resource_body,
+    response_media_type,
+)
 from .responses import base_url, fhir_response, prefer, version_headers, write_response
 
 router = APIRouter()
@@ -114,11 +123,9 @@ async def _search(request: Request, resource_types: tuple[str, ...] | None, path
     params = await _search_params(request)
     if resource_types is None:  # system level: the types come from _type
         resource_types = _system_types(params)
-    settings = request.app.state.settings
     query, page = await service(request).search(
-        resource_types, params, base_url=base_url(request),
-        strict=prefer(request, "handling") == "strict", default_count=settings.default_page_size,
-        max_count=settings.max_page_size, compartment=compartment)
+        resource_types, params, base_url=base_url(request), strict=prefer(request, "handling") == "strict",
+        compartment=compartment)
     return fhir_response(request, searchset_bundle(request, path, query, page))
 
 
@@ -169,8 +176,70 @@ async def create(request: Request, resource_type: str) -> Response:
     check_type(resource_type)
     response_media_type(request)
     resource = await read_resource_body(request)
-    version = await service(request).create(resource_type, resource)
-    return write_response(request, version, 201, f"Created {resource_type}/{version.id}")
+    result = await service(request).create(resource_type, resource,
+                                           if_none_exist=request.headers.get("if-none-exist"))
+    if not result.created:  # If-None-Exist matched: the existing resource, 200
+        return write_response(request, result.version, 200, f"{resource_type}/{result.version.id} already exists")
+    return write_response(request, result.version, 201, f"Created {resource_type}/{result.version.id}")
+
+
+def _criteria(request: Request) -> str:
+    criteria = str(request.query_params)
+    if not criteria:
+        raise BadRequest("A conditional interaction needs search criteria, e.g. ?identifier=system|value")
+    return criteria
+
+
+@router.put("/{resource_type}")
+async def conditional_update(request: Request, resource_type: str) -> Response:
+    check_type(resource_type)
+    response_media_type(request)
+    if_match = parse_if_match(request)
+    resource = await read_resource_body(request)
+    result = await service(request).conditional_update(resource_type, _criteria(request), resource,
+                                                       if_match=if_match)
+    status, verb = (201, "Created") if result.created else (200, "Updated")
+    return write_response(request, result.version, status, f"{verb} {resource_type}/{result.version.id}")
+
+
+@router.delete("/{resource_type}")
+async def conditional_delete(request: Request, resource_type: str) -> Response:
+    check_type(resource_type)
+    response_media_type(request)
+    deleted = await service(request).conditional_delete(resource_type, _criteria(request))
+    if prefer(request, "return") == "minimal":
+        return Response(status_code=204)
+    message = f"Deleted {len(deleted)} {resource_type} resource(s)" + (
+        ": " + ", ".join(f"{v.resource_type}/{v.id}" for v in deleted) if deleted else "")
+    return fhir_response(request, operation_outcome([Issue("informational", message, "information")]))
+
+
+async def _read_patch(request: Request) -> tuple[str, Any]:
+    media = body_media_type(request, (JSON_PATCH, FHIR_JSON, JSON))
+    if media == JSON_PATCH:
+        return media, await read_json_body(request, list)
+    return media, await read_json_body(request, dict)
+
+
+@router.patch("/{resource_type}")
+async def conditional_patch(request: Request, resource_type: str) -> Response:
+    check_type(resource_type)
+    response_media_type(request)
+    if_match = parse_if_match(request)
+    media, patch = await _read_patch(request)
+    result = await service(request).conditional_patch(resource_type, _criteria(request), media, patch,
+                                                      if_match=if_match)
+    return write_response(request, result.version, 200, f"Patched {resource_type}/{result.version.id}")
+
+
+@router.patch("/{resource_type}/{resource_id}")
+async def patch(request: Request, resource_type: str, resource_id: str) -> Response:
+    check_type(resource_type)
+    response_media_type(request)
+    if_match = parse_if_match(request)
+    media, body = await _read_patch(request)
+    result = await service(request).patch(resource_type, resource_id, media, body, if_match=if_match)
+    return write_response(request, result.version, 200, f"Patched {resource_type}/{resource_id}")
 
 
 @router.get("/{resource_type}/_history")

@@ -47,7 +47,17 @@ class HistoryPage:
 
 
 class StoreTransaction(ABC):
-    """Writes that commit or roll back together."""
+    """Writes (and the reads they depend on) that commit or roll back together."""
+
+    @abstractmethod
+    async def read(self, resource_type: str, resource_id: str) -> ResourceVersion | None: ...
+
+    @abstractmethod
+    async def search(self, query: Any, extra: list[Any] | None = None) -> Any: ...
+
+    @abstractmethod
+    async def lock(self, key: str) -> None:
+        """Hold a lock on `key` until the transaction ends (conditional create/update races)."""
 
     @abstractmethod
     async def create(self, resource_type: str, resource_id: str, resource: dict[str, Any],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
@@ -23,6 +25,10 @@ class PostgresResourceStore(SqlResourceStore):
 
     async def _lock_for_migration(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+    async def lock_key(self, conn: AsyncConnection, key: str) -> None:
+        digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": digest})
 
     @classmethod
     def open(cls, settings: Settings) -> PostgresResourceStore:

@@ -46,10 +46,28 @@ def _stamp(resource: dict[str, Any], resource_id: str, version_id: int, ts: date
     return orjson.dumps(body).decode()
 
 
+async def _read(conn: AsyncConnection, resource_type: str, resource_id: str) -> ResourceVersion | None:
+    query = select(res.c.version_id, res.c.last_updated, res.c.deleted, res.c.content).where(
+        res.c.resource_type == resource_type, res.c.id == resource_id)
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    return ResourceVersion(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.content)
+
+
 class SqlTransaction(StoreTransaction):
     def __init__(self, store: SqlResourceStore, conn: AsyncConnection):
         self.store = store
         self.conn = conn
+
+    async def read(self, resource_type: str, resource_id: str) -> ResourceVersion | None:
+        return await _read(self.conn, resource_type, resource_id)
+
+    async def search(self, query, extra=None):
+        return await run_search(self.conn, self.store.backend, query, extra)
+
+    async def lock(self, key: str) -> None:
+        await self.store.lock_key(self.conn, key)
 
     async def _current(self, resource_type: str, resource_id: str):
         query = select(res.c.pk, res.c.version_id, res.c.deleted).where(
@@ -186,6 +204,9 @@ class SqlResourceStore(ResourceStore):
     async def _lock_for_migration(self, conn: AsyncConnection) -> None:
         """Serialise concurrent migrators (several workers starting at once)."""
 
+    async def lock_key(self, conn: AsyncConnection, key: str) -> None:
+        """Serialise transactions that name the same key (conditional creates); SQLite writers already are."""
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
         async with self.write_engine.begin() as conn:
@@ -204,14 +225,8 @@ class SqlResourceStore(ResourceStore):
             return await run_search(conn, self.backend, query, extra)
 
     async def read(self, resource_type, resource_id):
-        query = select(res.c.version_id, res.c.last_updated, res.c.deleted, res.c.content).where(
-            res.c.resource_type == resource_type, res.c.id == resource_id)
         async with self.read_engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:
-            return None
-        return ResourceVersion(resource_type, resource_id, row.version_id, row.last_updated, row.deleted,
-                               row.content)
+            return await _read(conn, resource_type, resource_id)
 
     async def vread(self, resource_type, resource_id, version_id):
         query = select(rv.c.last_updated, rv.c.method, rv.c.content).where(
