@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from .model.compartment import patient_key
-from .model.outcome import BadRequest, Gone, NotFound, PreconditionFailed, Unprocessable
+from .model.outcome import BadRequest, FhirError, Gone, NotFound, PreconditionFailed, Unprocessable
 from .model.types import is_resource_type, is_valid_id
 from .model.validate import InvalidResource, validate_resource
 from .ops.patch import apply_patch
@@ -106,20 +106,26 @@ class ResourceService:
             self._after_write(t, resource_type, resource)
         return WriteResult(version, True)
 
-    async def create_many(self, resources: list[dict[str, Any]]) -> list[ResourceVersion]:
-        """Validate and create many resources in one transaction (bulk load); all or nothing."""
+    async def create_many(self, resources: list[dict[str, Any]], *, tx: StoreTransaction | None = None,
+                          resource_ids: list[str] | None = None) -> list[ResourceVersion]:
+        """Validate and create many resources in one transaction (bulk load); all or nothing.
+        A failure carries `item_index`, the position of the resource that failed."""
         items = []
-        for resource in resources:
-            resource_type = resource.get("resourceType", "")
-            check_type(resource_type)
-            resource = {k: v for k, v in resource.items() if k != "id"}
-            resource_id = str(uuid.uuid4())
-            key, index = self._prepare(resource_type, resource_id, resource)
+        for position, resource in enumerate(resources):
+            try:
+                resource_type = resource.get("resourceType", "")
+                check_type(resource_type)
+                resource = {k: v for k, v in resource.items() if k != "id"}
+                resource_id = resource_ids[position] if resource_ids else str(uuid.uuid4())
+                key, index = self._prepare(resource_type, resource_id, resource)
+            except FhirError as exc:
+                exc.item_index = position
+                raise
             items.append((resource_type, resource_id, resource, key, index))
-        async with self.transaction() as tx:
-            versions = await tx.create_many(items)
+        async with self.transaction(tx) as t:
+            versions = await t.create_many(items)
             for item in items:
-                self._after_write(tx, item[0], item[2])
+                self._after_write(t, item[0], item[2])
         return versions
 
     async def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,

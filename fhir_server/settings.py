@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 1024 * 1024
     # A conditional delete that matches more resources than this is refused with 412.
     conditional_delete_max: int = 100
+    max_bundle_entries: int = 10000
 
     @cached_property
     def effective_database_url(self) -> str:

@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from ..model.outcome import BadRequest, Issue, UnsupportedMediaType, operation_outcome
 from ..model.types import RESOURCE_TYPES
+from ..ops.bundle import BundleProcessor
 from ..service import ResourceService, check_type
 from .bundles import history_bundle, searchset_bundle
 from .capability import capability_statement
@@ -144,6 +145,15 @@ async def system_search(request: Request) -> Response:
 @router.post("/_search")
 async def system_search_post(request: Request) -> Response:
     return await _search(request, None, "")
+
+
+@router.post("/")
+async def bundle(request: Request) -> Response:
+    """Transaction and batch Bundles."""
+    response_media_type(request)
+    body = await read_resource_body(request)
+    processor = BundleProcessor(service(request), base_url(request), prefer(request, "return"))
+    return fhir_response(request, await processor.process(body))
 
 
 @router.get("/metadata")
