@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from .model.compartment import patient_key
-from .model.outcome import BadRequest, FhirError, Gone, NotFound, PreconditionFailed, Unprocessable
+from .model.outcome import BadRequest, Conflict, FhirError, Gone, NotFound, PreconditionFailed, Unprocessable
 from .model.types import is_resource_type, is_valid_id
 from .model.validate import InvalidResource, validate_resource
 from .ops.patch import apply_patch
@@ -127,6 +127,35 @@ class ResourceService:
             for item in items:
                 self._after_write(t, item[0], item[2])
         return versions
+
+    async def upsert_many(self, resources: list[dict[str, Any]]) -> tuple[int, list[tuple[int, FhirError]]]:
+        """Bulk load: resources keep their ids (new ones get one). Invalid resources are returned with
+        their errors and skipped; the rest are written in one transaction. Returns (written, errors)."""
+        items, errors = [], []
+        for position, resource in enumerate(resources):
+            try:
+                resource_type = resource.get("resourceType", "")
+                check_type(resource_type)
+                resource_id = resource.get("id") or str(uuid.uuid4())
+                check_id(resource_id)
+                body = {k: v for k, v in resource.items() if k != "id"}
+                key, index = self._prepare(resource_type, resource_id, body)
+                items.append((resource_type, resource_id, body, key, index))
+            except FhirError as exc:
+                errors.append((position, exc))
+        if not items:
+            return 0, errors
+        try:
+            async with self.transaction() as tx:
+                await tx.create_many(items)
+                for item in items:
+                    self._after_write(tx, item[0], item[2])
+        except Conflict:  # some already exist: write version by version instead
+            async with self.transaction() as tx:
+                for resource_type, resource_id, body, key, index in items:
+                    await tx.update(resource_type, resource_id, body, patient_key=key, index=index)
+                    self._after_write(tx, resource_type, body)
+        return len(items), errors
 
     async def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
                      if_match: int | None = None, tx: StoreTransaction | None = None) -> WriteResult:

@@ -34,8 +34,9 @@ class RunningServer:
         return self.log_path.read_text().splitlines()
 
 
-def start_server(env_extra: dict[str, str], workers: int = 1) -> RunningServer:
-    data_dir = Path(tempfile.mkdtemp(prefix="fhir-test-data-"))
+def start_server(env_extra: dict[str, str], workers: int = 1, data_dir: Path | None = None) -> RunningServer:
+    data_dir = Path(data_dir or tempfile.mkdtemp(prefix="fhir-test-data-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = data_dir / "server.log"
     env = {**os.environ, "FHIR_LOG_LEVEL": "INFO", **env_extra}
