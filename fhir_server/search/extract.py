@@ -412,13 +412,21 @@ def _needed_keys(param: SearchParam, resource_type: str) -> tuple[frozenset[str]
     return tuple(k for k in keys if k is not None)
 
 
+def _plan(resource_type: str, registry) -> list[tuple[SearchParam, tuple[frozenset[str], ...]]]:
+    """The parameters extraction runs for a type, each with the top-level keys it needs."""
+    plan = registry.plans.get(resource_type)
+    if plan is None:
+        plan = registry.plans[resource_type] = [
+            (p, _needed_keys(p, resource_type)) for p in registry.params(resource_type).values()
+            if p.code not in ("_id", "_lastUpdated")]  # those two are columns of the resources table
+    return plan
+
+
 def extract(resource_type: str, resource: dict[str, Any], registry) -> IndexRows:
     rows = IndexRows()
     present = resource.keys()
-    for param in registry.params(resource_type).values():
-        if param.code in ("_id", "_lastUpdated"):  # columns of the resources table
-            continue
-        if any(keys.isdisjoint(present) for keys in _needed_keys(param, resource_type)):
+    for param, needed in _plan(resource_type, registry):
+        if any(keys.isdisjoint(present) for keys in needed):
             continue  # the elements this parameter reads are absent
         if param.type == "composite":
             _composite(param, resource_type, resource, registry, rows)

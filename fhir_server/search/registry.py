@@ -39,6 +39,8 @@ class SearchParam:
 class Registry:
     by_type: dict[str, dict[str, SearchParam]] = field(default_factory=dict)
     by_url: dict[str, SearchParam] = field(default_factory=dict)
+    # per resource type, what extraction runs (filled by search.extract; cleared when parameters change)
+    plans: dict[str, Any] = field(default_factory=dict)
 
     def copy(self) -> Registry:
         return Registry({t: dict(params) for t, params in self.by_type.items()}, dict(self.by_url))
@@ -74,6 +76,7 @@ class Registry:
                                  for c in definition.get("component") or ()),
             )
             self.by_type.setdefault(base, {})[param.code] = param
+            self.plans.pop(base, None)
             added.append(param)
         if added and definition.get("url"):
             self.by_url[definition["url"]] = added[0]
