@@ -19,13 +19,14 @@ def test_capability_statement(client, server):
     types = {res["type"]: res for res in rest["resource"]}
     assert len(types) == 146 and "Patient" in types and "MedicinalProduct" in types
     assert {i["code"] for i in types["Observation"]["interaction"]} == {
-        "read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"}
+        "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"}
+    assert types["Patient"]["conditionalCreate"] is True and types["Patient"]["conditionalDelete"] == "multiple"
     observation_params = {p["name"]: p["type"] for p in types["Observation"]["searchParam"]}
     assert observation_params["code"] == "token" and observation_params["date"] == "date"
     assert observation_params["code-value-quantity"] == "composite"
     assert "Observation:subject" in types["Observation"]["searchInclude"]
     assert types["Patient"]["versioning"] == "versioned-update"
-    assert rest["interaction"] == [{"code": "history-system"}, {"code": "search-system"}]
+    assert [i["code"] for i in rest["interaction"]] == ["transaction", "batch", "history-system", "search-system"]
     assert cs["implementation"]["url"] == server.base_url
 
 

@@ -9,7 +9,7 @@ from .. import __version__
 from ..model.types import RESOURCE_TYPES
 from ..search.registry import Registry
 
-_TYPE_INTERACTIONS = ["read", "vread", "update", "delete", "history-instance", "history-type", "create",
+_TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                       "search-type"]
 _COMMON_PARAMS = [("_id", "token"), ("_lastUpdated", "date"), ("_text", "string"), ("_content", "string")]
 
@@ -27,8 +27,10 @@ def _resource(rt: str, registry: Registry) -> dict[str, Any]:
         "versioning": "versioned-update",
         "readHistory": True,
         "updateCreate": True,
+        "conditionalCreate": True,
         "conditionalRead": "full-support",
-        "conditionalDelete": "not-supported",
+        "conditionalUpdate": True,
+        "conditionalDelete": "multiple",
         "searchInclude": ["*", *(f"{rt}:{code}" for code in references)],
         "searchRevInclude": ["*"],
         "searchParam": search_params,
@@ -50,7 +52,8 @@ def capability_statement(base: str, backend: str, registry: Registry) -> dict[st
         "rest": [{
             "mode": "server",
             "resource": resources,
-            "interaction": [{"code": "history-system"}, {"code": "search-system"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
+                            {"code": "search-system"}],
             "searchParam": [{"name": code, "type": kind} for code, kind in _COMMON_PARAMS[:2]]
             + [{"name": "_type", "type": "token"}],
         }],
