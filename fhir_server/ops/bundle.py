@@ -44,6 +44,7 @@ class _Entry:
     resource_id: str | None = None
     criteria: str | None = None
     response: dict[str, Any] = field(default_factory=dict)
+    error: FhirError | None = None  # a batch entry that could not even be parsed
 
 
 def _parse_if_match(value: str | None, where: str) -> int | None:
@@ -55,7 +56,7 @@ def _parse_if_match(value: str | None, where: str) -> int | None:
     return int(tag)
 
 
-def _parse_entries(bundle: dict[str, Any], base_url: str, max_entries: int) -> list[_Entry]:
+def _parse_entries(bundle: dict[str, Any], base_url: str, max_entries: int, batch: bool) -> list[_Entry]:
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise BadRequest("Bundle.entry must be an array", expression=["Bundle.entry"])
@@ -79,21 +80,43 @@ def _parse_entries(bundle: dict[str, Any], base_url: str, max_entries: int) -> l
             raise BadRequest(f"{where}: a {method} entry needs a resource", expression=[f"{where}.resource"])
         entry = _Entry(i, method, url, resource, raw.get("fullUrl"), request.get("ifNoneExist"),
                        _parse_if_match(request.get("ifMatch"), where))
-        path, _, query = url.partition("?")
-        parts = path.split("/")
-        entry.resource_type = parts[0]
-        if not is_resource_type(entry.resource_type):
-            raise NotFound(f"{where}: unknown resource type '{entry.resource_type}' in request.url",
-                           expression=[f"{where}.request.url"])
-        if query:
-            entry.criteria = query
-        elif len(parts) >= 2:
-            entry.resource_id = parts[1]
-        if method in ("PUT", "DELETE", "PATCH") and entry.resource_id is None and entry.criteria is None:
-            raise BadRequest(f"{where}: {method} needs Type/id or Type?criteria in request.url",
-                             expression=[f"{where}.request.url"])
+        try:
+            _parse_url(entry, where)
+        except FhirError as exc:
+            if not batch:
+                raise
+            entry.error = exc  # in a batch only this entry fails
         parsed.append(entry)
     return parsed
+
+
+def _parse_url(entry: _Entry, where: str) -> None:
+    path, _, query = entry.url.partition("?")
+    parts = path.split("/")
+    entry.resource_type = parts[0]
+    if not is_resource_type(entry.resource_type):
+        raise NotFound(f"{where}: unknown resource type '{entry.resource_type}' in request.url",
+                       expression=[f"{where}.request.url"])
+    if query:
+        entry.criteria = query
+    elif len(parts) >= 2:
+        entry.resource_id = parts[1]
+    if entry.method in ("PUT", "DELETE", "PATCH") and entry.resource_id is None and entry.criteria is None:
+        raise BadRequest(f"{where}: {entry.method} needs Type/id or Type?criteria in request.url",
+                         expression=[f"{where}.request.url"])
+
+
+def _check_overlaps(entries: list[_Entry]) -> None:
+    """A transaction may not touch one resource from two entries (spec: identities must not overlap)."""
+    seen: dict[tuple[str, str], int] = {}
+    for entry in entries:
+        if entry.method in ("GET", "HEAD") or entry.resource_id is None:
+            continue
+        key = (entry.resource_type, entry.resource_id)
+        if key in seen:
+            raise BadRequest(f"Bundle.entry[{seen[key]}] and Bundle.entry[{entry.index}] both change "
+                             f"{key[0]}/{key[1]}; a transaction's entries must name different resources")
+        seen[key] = entry.index
 
 
 def _rewrite_references(value: Any, mapping: dict[str, str]) -> Any:
@@ -135,7 +158,7 @@ class BundleProcessor:
         kind = bundle.get("type")
         if kind not in ("transaction", "batch"):
             raise BadRequest(f"Bundle.type must be transaction or batch, not {kind!r}", expression=["Bundle.type"])
-        entries = _parse_entries(bundle, self.base_url, self.service.settings.max_bundle_entries)
+        entries = _parse_entries(bundle, self.base_url, self.service.settings.max_bundle_entries, kind == "batch")
         if kind == "transaction":
             await self._transaction(entries)
         else:
@@ -148,7 +171,11 @@ class BundleProcessor:
 
     async def _transaction(self, entries: list[_Entry]) -> None:
         async with self.service.transaction() as tx:
+            for entry in entries:  # DELETEs first: later conditional matches must not see what they remove
+                if entry.method == "DELETE":
+                    await self._entry(tx, entry)
             mapping = await self._assign_ids(tx, entries)
+            _check_overlaps(entries)
             references: set[str] = set()
             for entry in entries:
                 if entry.resource is not None:
@@ -158,18 +185,18 @@ class BundleProcessor:
             for entry in entries:
                 if entry.resource is not None and mapping:
                     entry.resource = _rewrite_references(entry.resource, mapping)
+            await self._bulk_posts(tx, [e for e in entries if e.method == "POST" and not e.response])
             for entry in sorted(entries, key=lambda e: _ORDER[e.method]):
-                if entry.method == "POST" and entry.response:
-                    continue  # ifNoneExist matched an existing resource
-                try:
-                    if entry.method == "POST":
-                        await self._bulk_posts(tx, [e for e in entries if e.method == "POST" and not e.response])
-                        continue
-                    await self._execute(tx, entry)
-                except FhirError as exc:
-                    exc.issues[0].diagnostics = f"Bundle.entry[{entry.index}] ({entry.method} {entry.url}): " \
-                                                f"{exc.issues[0].diagnostics}"
-                    raise
+                if entry.method not in ("DELETE", "POST"):
+                    await self._entry(tx, entry)
+
+    async def _entry(self, tx: StoreTransaction, entry: _Entry) -> None:
+        try:
+            await self._execute(tx, entry)
+        except FhirError as exc:
+            exc.issues[0].diagnostics = f"Bundle.entry[{entry.index}] ({entry.method} {entry.url}): " \
+                                        f"{exc.issues[0].diagnostics}"
+            raise
 
     async def _assign_ids(self, tx: StoreTransaction, entries: list[_Entry]) -> dict[str, str]:
         """fullUrl -> Type/id for every entry that creates or names a resource."""
@@ -212,6 +239,8 @@ class BundleProcessor:
 
     async def _bulk_posts(self, tx: StoreTransaction, posts: list[_Entry]) -> None:
         """Every plain POST of the transaction in one bulk write (the common case for loads)."""
+        if not posts:
+            return
         for entry in posts:
             entry.resource = {k: v for k, v in entry.resource.items() if k != "id"}
             if entry.resource.get("resourceType") != entry.resource_type:
@@ -233,6 +262,10 @@ class BundleProcessor:
 
     async def _batch(self, entries: list[_Entry]) -> None:
         for entry in entries:
+            if entry.error is not None:
+                entry.response = {"response": {"status": _status(entry.error.status),
+                                               "outcome": entry.error.outcome()}}
+                continue
             try:
                 async with self.service.transaction() as tx:
                     if entry.method == "POST":

@@ -15,9 +15,19 @@ from ..model.outcome import BadRequest, Unprocessable
 JSON_PATCH = "application/json-patch+json"
 
 
+_JSON_PATCH_MEMBERS = {"add": ("path", "value"), "remove": ("path",), "replace": ("path", "value"),
+                       "move": ("from", "path"), "copy": ("from", "path"), "test": ("path", "value")}
+
+
 def apply_json_patch(resource: dict[str, Any], operations: Any) -> dict[str, Any]:
-    if not isinstance(operations, list) or not all(isinstance(op, dict) and "op" in op for op in operations):
-        raise BadRequest("A JSON Patch document is an array of operations, each with 'op' and 'path'")
+    if not isinstance(operations, list):
+        raise BadRequest("A JSON Patch document is an array of operations")
+    for number, op in enumerate(operations):  # a malformed document is 400 (RFC 5789), before anything applies
+        if not isinstance(op, dict) or op.get("op") not in _JSON_PATCH_MEMBERS:
+            raise BadRequest(f"JSON Patch operation {number} needs an 'op' of {sorted(_JSON_PATCH_MEMBERS)}")
+        missing = [m for m in _JSON_PATCH_MEMBERS[op["op"]] if m not in op]
+        if missing or not all(isinstance(op.get(m), str) for m in ("path", "from") if m in op):
+            raise BadRequest(f"JSON Patch operation {number} ({op['op']}) needs {', '.join(missing or ['path'])}")
     try:
         return jsonpatch.apply_patch(resource, operations, in_place=False)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
