@@ -17,7 +17,7 @@ def child(context: str, name: str) -> tuple[str, bool] | None:
 
     context is a resource or data type name, or a backbone path such as Observation.component."""
     path = f"{context}.{name}"
-    info = _ELEMENTS.get(path)
+    info = _ELEMENTS.get(path) or _ELEMENTS.get(f"{path}[x]")
     if info is None:
         for suffix_start in range(len(name) - 1, 0, -1):  # valueQuantity -> value[x] with type Quantity
             if name[suffix_start].isupper() and f"{context}.{name[:suffix_start]}[x]" in _ELEMENTS:

@@ -13,6 +13,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from ..model.elements import child
 from .dates import MAX_MS, MIN_MS, date_range
 from .registry import SearchParam
 from .text import INDEXED_LENGTH, normalize
@@ -164,6 +165,21 @@ def element_path(expression: str, resource_type: str) -> str | None:
     if not compiled or len(compiled) != 1 or any(kind != "field" for kind, _ in compiled[0].steps):
         return None
     return ".".join([compiled[0].root, *(arg for _, arg in compiled[0].steps)])
+
+
+@cache
+def is_single_valued(expression: str, resource_type: str) -> bool:
+    """True when the expression is a plain path whose every step is 0..1 (Observation.effective)."""
+    compiled = compile_expression(expression, resource_type)
+    if not compiled or len(compiled) != 1 or any(kind != "field" for kind, _ in compiled[0].steps):
+        return False
+    context = resource_type
+    for _, name in compiled[0].steps:
+        info = child(context, name)
+        if info is None or info[1]:
+            return False
+        context = info[0]
+    return True
 
 
 def implicit_system(expression: str, resource_type: str) -> str | None:

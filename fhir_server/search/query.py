@@ -11,7 +11,7 @@ from typing import Any
 from ..model.outcome import BadRequest, Issue, NotFound
 from ..model.types import is_resource_type
 from .dates import date_range
-from .extract import is_boolean
+from .extract import is_boolean, is_single_valued
 from .registry import CORE, PATIENT_COMPARTMENT, RESULT_PARAMETERS, Registry, SearchParam
 from .text import normalize
 
@@ -443,7 +443,25 @@ def parse_search(registry: Registry, resource_types: tuple[str, ...], params: li
             parser.problem(query, str(exc), name)
         except ValueError as exc:
             parser.problem(query, f"Invalid value for search parameter '{name}': {exc}", name)
+    query.clauses = _merge_date_bounds(query.clauses, resource_types[0])
     return query
+
+
+def _merge_date_bounds(clauses: list[Clause], resource_type: str) -> list[Clause]:
+    """date=ge2025-03-01&date=lt2025-04-01 on a single-valued element: both bounds must hold for the
+    same (only) value, so they become one clause that one index lookup answers."""
+    merged: dict[str, Clause] = {}
+    out = []
+    for clause in clauses:
+        if (clause.kind == "date" and clause.modifier is None and len(clause.values) == 1
+                and is_single_valued(clause.param.expression, resource_type)):
+            if clause.code in merged:
+                merged[clause.code].values.append(clause.values[0])
+                continue
+            clause = Clause(clause.code, "date_all", param=clause.param, values=list(clause.values))
+            merged[clause.code] = clause
+        out.append(clause)
+    return out
 
 
 def compartment_clause(registry: Registry, resource_type: str, compartment_id: str) -> Clause:

@@ -188,7 +188,8 @@ class SearchSql:
             return r.c.pk.in_(sub)
         table_name, param_code, builder = self._value_builder(clause)
         t = SEARCH_TABLES[table_name]
-        sub = self._subquery(t, types, param_code, or_(*(builder(t, v) for v in clause.values)))
+        combine = and_ if kind == "date_all" else or_  # date_all: every bound on the same (only) value
+        sub = self._subquery(t, types, param_code, combine(*(builder(t, v) for v in clause.values)))
         return r.c.pk.not_in(sub) if clause.modifier == "not" else r.c.pk.in_(sub)
 
     def _value_builder(self, clause: Clause):
@@ -203,7 +204,7 @@ class SearchSql:
                     return t.c.normalized.contains(v.normalized, autoescape=True)
                 return _prefix(t.c.normalized, v.normalized)
             return "string", code, string_cond
-        if kind == "date":
+        if kind in ("date", "date_all"):
             return "date", code, lambda t, v: range_condition(v.prefix, t.c.low, t.c.high, v.low, v.high)
         if kind == "number":
             return "number", code, lambda t, v: number_condition(v.prefix, t.c.value, v.value, v.low, v.high)
