@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import asynccontextmanager
 
@@ -41,8 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.service.custom.wait()
             await store.close()
 
+    options = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters and not settings.otel:
+        # FastAPI's built-in OpenTelemetry costs CPU on every request even with no exporter configured.
+        options["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
     app = FastAPI(title="Alliance FHIR server", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", **options)
     app.state.settings = settings
 
     @app.get("/health", include_in_schema=False)

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = 30000
     db_pool_size: int = 10
     max_body_bytes: int = 16 * 1024 * 1024
+    # FastAPI's native OpenTelemetry instrumentation (traces, metrics); off unless an exporter is wanted.
+    otel: bool = False
     # A conditional delete that matches more resources than this is refused with 412.
     conditional_delete_max: int = 100
     max_bundle_entries: int = 10000
