@@ -16,11 +16,16 @@ tests/pgcluster.py, fsync on), waits for GET /health/ready, then for each of --r
   2. POST /Observation  -- --creates blood-pressure Observations (201 expected, ids from Location),
   3. GET /Observation/id -- --reads reads of random created ids (200 expected),
 
-with --clients concurrent keep-alive connections, after an untimed warm-up. Connections are opened
-before the clock starts and evened out over the server's worker processes (see `_connect`; the
-split is printed; --no-spread keeps whatever the workers' accept race gives). It prints the median
-over rounds of throughput and p50/p99 latency, the CPU split between server, client and the rest
-(the database), and a summary of the server log (warnings, errors, non-2xx statuses).
+with --clients concurrent keep-alive connections, after an untimed set-up (PUT of the 100 Patients
+the Observations refer to) and warm-up. Connections are opened before the clock starts and evened
+out over the server's worker processes (see `_connect`; the split is printed; --no-spread keeps
+whatever the workers' accept race gives). It prints the median over rounds of throughput and
+p50/p99 latency, and a summary of the server log (warnings, errors, non-2xx statuses).
+
+Each phase also prints where the CPU went (Linux /proc), in cores: the server's process tree, the
+load client, the PostgreSQL cluster, and "other" (kernel work and processes outside the benchmark).
+The figures mean something only on an otherwise idle machine: the script measures the load for a
+second before each backend and flags phases in which other processes used the CPU ("NOT QUIET").
 
 The load generator is a small asyncio HTTP/1.1 client on raw sockets (one request in flight per
 connection, Content-Length or chunked bodies): the machine's cores are shared by server and client,
@@ -34,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -341,7 +347,7 @@ def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     if not sorted_values:
         return float("nan")
-    k = max(0, min(len(sorted_values) - 1, int(-(-p * len(sorted_values) // 1)) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(p * len(sorted_values)) - 1))
     return sorted_values[k]
 
 
@@ -619,8 +625,10 @@ def describe(name: str, run: Run) -> str:
             f"  p99 {run.p99_ms:7.1f} ms  cpu server {run.cpu.get('server', 0):.2f} client"
             f" {run.cpu.get('client', 0):.2f} db {run.cpu.get('db', 0):.2f} other {run.cpu.get('other', 0):.2f}"
             f"  conns/worker {'/'.join(map(str, run.split))}")
-    if run.cpu.get("outside"):
-        text += f"\n             NOT QUIET, cores used outside this benchmark: {', '.join(run.cpu['outside'])}"
+    if run.cpu.get("outside") or run.cpu.get("other", 0) >= 0.3:
+        named = ", ".join(run.cpu.get("outside", [])) or "none still running"
+        text += (f"\n             NOT QUIET? {run.cpu.get('other', 0):.2f} cores of kernel work or other processes;"
+                 f" named outside this benchmark: {named}")
     if run.failures:
         text += f"  FAILURES {run.failures}: {run.statuses}"
     return text
@@ -637,6 +645,11 @@ def report_failures(name: str, run: Run) -> None:
 
 def bench_backend(backend: str, args: argparse.Namespace, loader: Loader) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
+        idle_check = cpu_snapshot(with_processes=False)
+        time.sleep(1.0)
+        busy = cpu_snapshot(with_processes=False)["machine"] - idle_check["machine"]
+        out(f"[{backend}] machine busy before start: {busy:.2f} of {os.cpu_count()} cores"
+            + ("  (NOT QUIET: figures will be low and noisy)" if busy > 0.2 else ""))
         workdir = Path(tempfile.mkdtemp(prefix=f"fhir-bench-{backend}-"))
         if not args.keep:
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
@@ -799,8 +812,8 @@ def main(argv: list[str] | None = None) -> int:
         for backend in backends:
             try:
                 results.append(bench_backend(backend, args, loader))
-            except RuntimeError as exc:
-                out(f"[{backend}] FAILED: {exc}")
+            except (RuntimeError, OSError, asyncio.IncompleteReadError) as exc:
+                out(f"[{backend}] FAILED: {type(exc).__name__}: {exc}")
                 results.append({"backend": backend, "error": str(exc)})
     finally:
         loader.close()

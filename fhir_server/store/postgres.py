@@ -3,21 +3,74 @@
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from ..settings import Settings
+from .schema import SEARCH_TABLES
 from .sql import SqlResourceStore, identity_json
 
 # Arbitrary constant naming the advisory lock that serialises schema migrations.
 MIGRATION_LOCK_KEY = 0x46484952  # "FHIR"
 
 
+
+
+def _pg_type(column) -> str:
+    """SQL type of an index column for jsonb_to_recordset."""
+    python_type = column.type.python_type
+    return {float: "double precision", int: "bigint"}.get(python_type, "text")
+
+
+# Keys of an index row as JSON (param, then the value columns); plain str for orjson.
+_ROW_KEYS = {name: ["param", *[str(c.name) for c in table.columns][3:]] for name, table in SEARCH_TABLES.items()}
+
+
+@lru_cache(maxsize=512)
+def _write_statement(insert: bool, tables: frozenset[str]):
+    """One statement that writes a version: resources row, old index rows out, new ones in, history row.
+    All CTEs see the same snapshot, so the DELETEs cannot remove the rows this statement inserts."""
+    if insert:
+        first = ("w AS (INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, patient_key,"
+                 " content) VALUES (:resource_type, :id, :version_id, :last_updated, :deleted, :patient_key,"
+                 " CAST(:content AS jsonb)) ON CONFLICT DO NOTHING RETURNING pk)")
+    else:
+        first = ("w AS (UPDATE resources SET version_id = :version_id, last_updated = :last_updated,"
+                 " deleted = :deleted, patient_key = :patient_key, content = CAST(:content AS jsonb)"
+                 " WHERE pk = :pk RETURNING pk)")
+    ctes = [first]
+    if not insert:
+        ctes += [f"d_{name} AS (DELETE FROM {table.name} WHERE res_pk = :pk)" for name, table in SEARCH_TABLES.items()]
+    for name in sorted(tables):
+        table = SEARCH_TABLES[name]
+        columns = [c.name for c in table.columns][3:]
+        record = ", ".join(f'"{c.name}" {_pg_type(c)}' for c in table.columns[3:])
+        ctes.append(f"i_{name} AS (INSERT INTO {table.name} (res_pk, resource_type, param, {', '.join(columns)})"
+                    f" SELECT w.pk, :resource_type, x.param, {', '.join('x.' + c for c in columns)}"
+                    f" FROM w, jsonb_to_recordset(CAST(:rows_{name} AS jsonb)) AS x(param text, {record}))")
+    ctes.append("h AS (INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method,"
+                " patient_key, content) SELECT :resource_type, :id, :version_id, :last_updated, :method,"
+                " :patient_key, CAST(:content AS jsonb) FROM w)")
+    return text("WITH " + ",\n".join(ctes) + " SELECT pk FROM w")
+
+
 class PostgresResourceStore(SqlResourceStore):
     backend = "postgresql"
     lock_rows = True
+
+    async def write_version(self, tx, pk, resource_type, resource_id, method, values, index):
+        """The whole version in one round trip (instead of one per table)."""
+        tables = frozenset(name for name in SEARCH_TABLES if index is not None and getattr(index, name))
+        params = {**values, "resource_type": resource_type, "id": resource_id, "method": method, "pk": pk}
+        for name in tables:
+            columns = _ROW_KEYS[name]
+            params[f"rows_{name}"] = orjson.dumps([dict(zip(columns, row, strict=True))
+                                                  for row in getattr(index, name)]).decode()
+        return (await tx.conn.execute(_write_statement(pk is None, tables), params)).scalar()
 
     @staticmethod
     def insert_ignoring_conflict(table):

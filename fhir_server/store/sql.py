@@ -84,20 +84,9 @@ class SqlTransaction(StoreTransaction):
         content = _stamp(resource, resource_id, version_id, ts) if resource is not None else None
         values = dict(version_id=version_id, last_updated=ts, deleted=resource is None,
                       patient_key=patient_key, content=content)
+        pk = await self.store.write_version(self, pk, resource_type, resource_id, method, values, index)
         if pk is None:
-            stmt = (self.store.insert_ignoring_conflict(res)
-                    .values(resource_type=resource_type, id=resource_id, **values).returning(res.c.pk))
-            pk = (await self.conn.execute(stmt)).scalar()
-            if pk is None:
-                raise Conflict(f"{resource_type}/{resource_id} already exists")
-        else:
-            await self.conn.execute(res.update().where(res.c.pk == pk).values(**values))
-            await self.drop_index(pk)
-        if index is not None:
-            await self._write_indexes([(pk, resource_type, index)])
-        await self.conn.execute(rv.insert().values(resource_type=resource_type, id=resource_id, method=method,
-                                                   version_id=version_id, last_updated=ts,
-                                                   patient_key=patient_key, content=content))
+            raise Conflict(f"{resource_type}/{resource_id} already exists")
         return ResourceVersion(resource_type, resource_id, version_id, ts, resource is None, content, method)
 
     async def drop_index(self, pk: int) -> None:
@@ -177,6 +166,28 @@ class SqlTransaction(StoreTransaction):
 
 class SqlResourceStore(ResourceStore):
     lock_rows = False  # SELECT ... FOR UPDATE where the database has row locks
+
+    async def write_version(self, tx: SqlTransaction, pk: int | None, resource_type: str, resource_id: str,
+                            method: str, values: dict[str, Any], index: IndexRows | None) -> int | None:
+        """Write the resources row (insert when pk is None), its index rows and its history row; returns
+        the pk, or None when an insert found the id taken. Statement by statement here (SQLite has no
+        round trips to save); PostgreSQL does it in one statement."""
+        conn = tx.conn
+        if pk is None:
+            stmt = (self.insert_ignoring_conflict(res)
+                    .values(resource_type=resource_type, id=resource_id, **values).returning(res.c.pk))
+            pk = (await conn.execute(stmt)).scalar()
+            if pk is None:
+                return None
+        else:
+            await conn.execute(res.update().where(res.c.pk == pk).values(**values))
+            await tx.drop_index(pk)
+        if index is not None:
+            await tx._write_indexes([(pk, resource_type, index)])
+        await conn.execute(rv.insert().values(resource_type=resource_type, id=resource_id, method=method,
+                                              version_id=values["version_id"], last_updated=values["last_updated"],
+                                              patient_key=values["patient_key"], content=values["content"]))
+        return pk
 
     @staticmethod
     def insert_ignoring_conflict(table):
