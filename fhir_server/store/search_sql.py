@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, cast, false, func, literal, not_, or_, select, true
+from sqlalchemy import Text, and_, cast, distinct, false, func, literal, not_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -29,6 +29,8 @@ from .schema import SEARCH_TABLES
 from .schema import resources as res
 
 _TOP = "\U0010ffff"
+_INDEX_KINDS = frozenset({"token", "string", "date", "date_all", "number", "quantity", "reference", "uri",
+                          "composite"})
 _BIG = 1e300
 _ROW_COLUMNS = (res.c.pk, res.c.resource_type, res.c.id, res.c.version_id, res.c.last_updated, res.c.content)
 
@@ -186,11 +188,15 @@ class SearchSql:
             sub = select(t.c.res_pk).where(_types(t.c.resource_type, types), t.c.param.in_(clause.target_types),
                                            t.c.target_type == v.target_type, t.c.target_id == v.target_id)
             return r.c.pk.in_(sub)
+        sub = self.index_subquery(clause, types)
+        return r.c.pk.not_in(sub) if clause.modifier == "not" else r.c.pk.in_(sub)
+
+    def index_subquery(self, clause: Clause, types: tuple[str, ...]):
+        """res_pk of the index rows that match a value clause (token, string, date, ...)."""
         table_name, param_code, builder = self._value_builder(clause)
         t = SEARCH_TABLES[table_name]
-        combine = and_ if kind == "date_all" else or_  # date_all: every bound on the same (only) value
-        sub = self._subquery(t, types, param_code, combine(*(builder(t, v) for v in clause.values)))
-        return r.c.pk.not_in(sub) if clause.modifier == "not" else r.c.pk.in_(sub)
+        combine = and_ if clause.kind == "date_all" else or_  # date_all: every bound on the same value
+        return self._subquery(t, types, param_code, combine(*(builder(t, v) for v in clause.values)))
 
     def _value_builder(self, clause: Clause):
         kind, code, modifier = clause.kind, clause.code, clause.modifier
@@ -313,7 +319,15 @@ async def run_search(conn: AsyncConnection, dialect: str, query: SearchQuery,
 
     total = None
     if query.total != "none" or query.summary == "count":
-        total = await _count(conn, dialect, where, estimate=query.total == "estimate" and query.summary != "count")
+        clauses = [*query.clauses, *(extra or [])]
+        if len(clauses) == 1 and clauses[0].kind in _INDEX_KINDS and clauses[0].modifier != "not":
+            # One indexed condition: index rows exist only for live resources, so count them directly
+            # instead of joining the resources table (which led to a sequential scan of it).
+            sub = sql.index_subquery(clauses[0], types).subquery()
+            total = (await conn.execute(select(func.count(distinct(sub.c.res_pk))))).scalar_one()
+        else:
+            total = await _count(conn, dialect, where,
+                                 estimate=query.total == "estimate" and query.summary != "count")
     if query.summary == "count" or query.count == 0:
         return SearchPage([], [], total)
 
