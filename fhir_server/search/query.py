@@ -111,7 +111,7 @@ class SearchQuery:
     sort: list[SortKey] = field(default_factory=list)
     count: int = 20
     cursor: str | None = None
-    total: str = "accurate"  # none | estimate | accurate
+    total: str = "auto"  # none | estimate | accurate; auto: only when the first page holds every match
     summary: str | None = None  # true | text | data | count | false
     elements: list[str] | None = None
     includes: list[Include] = field(default_factory=list)

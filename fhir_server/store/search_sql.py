@@ -318,7 +318,8 @@ async def run_search(conn: AsyncConnection, dialect: str, query: SearchQuery,
     where += [sql.condition(c, r, types) for c in [*query.clauses, *(extra or [])]]
 
     total = None
-    if query.total != "none" or query.summary == "count":
+    if query.total in ("accurate", "estimate") or query.summary == "count" or (
+            query.count == 0 and query.total != "none"):
         clauses = [*query.clauses, *(extra or [])]
         if len(clauses) == 1 and clauses[0].kind in _INDEX_KINDS and clauses[0].modifier != "not":
             # One indexed condition: index rows exist only for live resources, so count them directly
@@ -354,6 +355,8 @@ async def run_search(conn: AsyncConnection, dialect: str, query: SearchQuery,
             next_cursor = encode_cursor("n", key_values[-1])
         if (direction == "n" and boundary is not None) or (direction == "p" and more):
             previous_cursor = encode_cursor("p", key_values[0])
+    if total is None and query.total == "auto" and boundary is None and not more:
+        total = len(rows)  # the first page holds every match: the total is free
     matches = [_version(row) for row in rows]
     included = await _includes(conn, query, rows) if query.includes and rows else []
     return SearchPage(matches, included, total, next_cursor, previous_cursor)
