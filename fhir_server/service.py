@@ -95,6 +95,9 @@ class ResourceService:
         resource = {k: v for k, v in resource.items() if k != "id"}  # spec: the server ignores a client id
         resource_id = resource_id or str(uuid.uuid4())
         key, index = self._prepare(resource_type, resource_id, resource)
+        if tx is None and if_none_exist is None and resource_type != "SearchParameter":
+            # nothing to match or to reload: a single write the store may do in one statement
+            return WriteResult(await self.store.create(resource_type, resource_id, resource, key, index), True)
         async with self.transaction(tx) as t:
             if if_none_exist is not None:
                 matches = await self.match(t, resource_type, if_none_exist, lock=True)

@@ -36,7 +36,7 @@ def identity_json(value: Any) -> Any:
     return value
 
 
-def _stamp(resource: dict[str, Any], resource_id: str, version_id: int, ts: datetime) -> str:
+def stamp(resource: dict[str, Any], resource_id: str, version_id: int, ts: datetime) -> str:
     """Set id and meta.versionId/lastUpdated, keeping the client's other meta, and encode."""
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(version_id)
@@ -81,7 +81,7 @@ class SqlTransaction(StoreTransaction):
                      pk: int | None) -> ResourceVersion:
         """Write one version; pk None means a new resource (insert), else the row to update."""
         ts = now_ms()
-        content = _stamp(resource, resource_id, version_id, ts) if resource is not None else None
+        content = stamp(resource, resource_id, version_id, ts) if resource is not None else None
         values = dict(version_id=version_id, last_updated=ts, deleted=resource is None,
                       patient_key=patient_key, content=content)
         pk = await self.store.write_version(self, pk, resource_type, resource_id, method, values, index)
@@ -112,7 +112,7 @@ class SqlTransaction(StoreTransaction):
         if not items:
             return []
         ts = now_ms()
-        versions = [ResourceVersion(rt, rid, 1, ts, False, _stamp(resource, rid, 1, ts), "POST")
+        versions = [ResourceVersion(rt, rid, 1, ts, False, stamp(resource, rid, 1, ts), "POST")
                     for rt, rid, resource, _, _ in items]
         rows = [{"resource_type": v.resource_type, "id": v.id, "version_id": 1, "last_updated": ts,
                  "deleted": False, "patient_key": item[3], "content": v.content}
