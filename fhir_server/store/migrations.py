@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import schema
@@ -28,9 +28,21 @@ async def _v2_search_index(conn: AsyncConnection) -> None:
     await conn.run_sync(schema.metadata.create_all, tables=list(schema.SEARCH_TABLES.values()))
 
 
+async def _v3_date_ranges(conn: AsyncConnection) -> None:
+    """PostgreSQL: a GiST index over each date value's [low, high] range. A search bound such as
+    date=ge2025-03-01&date=lt2025-04-01 is a 2-D condition (high >= lo and low < hi) that no B-tree
+    answers; as a range overlap (&&) this index finds exactly the month. SQLite keeps its B-trees."""
+    if conn.dialect.name != "postgresql":
+        return
+    await conn.execute(text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
+    await conn.execute(text("CREATE INDEX IF NOT EXISTS ix_search_date_range ON search_date USING gist "
+                            "(resource_type, param, int8range(low, high, '[]'))"))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "resources and resource_versions", _v1_resources),
     Migration(2, "search index tables", _v2_search_index),
+    Migration(3, "GiST range index on search_date (PostgreSQL)", _v3_date_ranges),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, cast, distinct, false, func, literal, not_, or_, select, true
+from sqlalchemy import Text, and_, cast, distinct, false, func, literal, literal_column, not_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -76,6 +76,18 @@ def range_condition(prefix: str, low, high, v_low, v_high) -> ColumnElement:
     now = time.time() * 1000
     widen = max(abs(now - v_low) * 0.1, 86_400_000)
     return and_(low <= v_high + widen, high >= v_low - widen)
+
+
+def overlap_bounds(prefix: str, v_low: int, v_high: int) -> tuple[int, int] | None:
+    """[lower, upper] that a target range must overlap to match (a necessary condition); None for ne/ap."""
+    return {"eq": (v_low, v_high), "ge": (v_low, MAX_MS), "gt": (v_high + 1, MAX_MS), "sa": (v_high + 1, MAX_MS),
+            "le": (MIN_MS, v_high), "lt": (MIN_MS, v_low - 1), "eb": (MIN_MS, v_low - 1)}.get(prefix)
+
+
+def _overlaps(t, lower: int, upper: int) -> ColumnElement:
+    """int8range(low, high) && [lower, upper]: answered by the GiST index of migration 3 (PostgreSQL)."""
+    closed = literal_column("'[]'")
+    return func.int8range(t.c.low, t.c.high, closed).op("&&")(func.int8range(lower, upper, closed))
 
 
 def number_condition(prefix: str, column, value: float, low: float, high: float) -> ColumnElement:
@@ -196,7 +208,21 @@ class SearchSql:
         table_name, param_code, builder = self._value_builder(clause)
         t = SEARCH_TABLES[table_name]
         combine = and_ if clause.kind == "date_all" else or_  # date_all: every bound on the same value
-        return self._subquery(t, types, param_code, combine(*(builder(t, v) for v in clause.values)))
+        condition = combine(*(builder(t, v) for v in clause.values))
+        if self.dialect == "postgresql" and clause.kind in ("date", "date_all"):
+            condition = and_(condition, self._date_overlap(t, clause))
+        return self._subquery(t, types, param_code, condition)
+
+    def _date_overlap(self, t, clause: Clause) -> ColumnElement:
+        """The range every match must overlap, so the GiST range index can find the rows (it is implied
+        by the exact conditions, which stay)."""
+        bounds = [overlap_bounds(v.prefix, int(v.low), int(v.high)) for v in clause.values]
+        if any(b is None for b in bounds):
+            return true()
+        if clause.kind == "date_all":  # all must hold: intersect
+            lower, upper = max(b[0] for b in bounds), min(b[1] for b in bounds)
+            return _overlaps(t, lower, upper) if lower <= upper else false()
+        return or_(*(_overlaps(t, lower, upper) for lower, upper in bounds))
 
     def _value_builder(self, clause: Clause):
         kind, code, modifier = clause.kind, clause.code, clause.modifier
