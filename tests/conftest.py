@@ -132,6 +132,14 @@ def client(server: RunningServer) -> Iterator[httpx.Client]:
         yield http
 
 
+@pytest.fixture
+def unchanged(client):
+    """Assert that the test's rejected requests wrote nothing."""
+    before = newest_history_entry(client)
+    yield
+    assert newest_history_entry(client) == before
+
+
 def newest_history_entry(client: httpx.Client) -> tuple[str, str] | None:
     """(fullUrl, etag) of the newest version in the whole store: a cheap fingerprint of its state."""
     entries = client.get("/_history", params={"_count": 1}).json().get("entry", [])

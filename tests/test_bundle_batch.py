@@ -4,24 +4,9 @@ others succeed and are stored; the answer is a `batch-response` with one entry p
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
 import pytest
-
-SYS = "urn:oid:1.2.3"
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def ident(value: str) -> list[dict]:
-    return [{"system": SYS, "value": value}]
-
-
-def new_patient(value: str, **fields) -> dict:
-    return {"resourceType": "Patient", "identifier": ident(value), **fields}
+from write_data import SYS, new_patient, uid
 
 
 def entry(method: str, url: str, resource: dict | None = None, **request) -> dict:

@@ -3,16 +3,9 @@ OperationOutcome, and nothing written."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from conftest import newest_history_entry
-
-SYS = "urn:oid:1.2.3"
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
+from write_data import SYS, uid
 
 
 def rejected(response, status: int) -> dict:

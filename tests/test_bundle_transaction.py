@@ -17,28 +17,16 @@ import uuid
 import httpx
 import pytest
 from conftest import newest_history_entry
+from write_data import SYS, ident, new_patient, uid
 
-SYS = "urn:oid:1.2.3"
 LOINC = "http://loinc.org"
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
-
-
 def urn() -> str:
     return f"urn:uuid:{uuid.uuid4()}"
-
-
-def ident(value: str) -> list[dict]:
-    return [{"system": SYS, "value": value}]
-
-
-def new_patient(value: str, **fields) -> dict:
-    return {"resourceType": "Patient", "identifier": ident(value), **fields}
 
 
 def bp(subject: str | None = None, **fields) -> dict:

@@ -3,26 +3,12 @@
 
 from __future__ import annotations
 
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from conftest import newest_history_entry
-
-SYS = "urn:oid:1.2.3"
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def ident(value: str) -> list[dict]:
-    return [{"system": SYS, "value": value}]
-
-
-def new_patient(value: str, **fields) -> dict:
-    return {"resourceType": "Patient", "identifier": ident(value), **fields}
+from write_data import SYS, new_patient, uid
 
 
 def criteria(value: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from conftest import newest_history_entry
 
 
@@ -16,12 +15,6 @@ def _expect_rejected(client, response, status: int) -> dict:
     return outcome
 
 
-@pytest.fixture
-def unchanged(client):
-    """Assert that the test's rejected requests wrote nothing."""
-    before = newest_history_entry(client)
-    yield
-    assert newest_history_entry(client) == before
 
 
 def test_unknown_resource_type_is_404(client, unchanged):

@@ -5,18 +5,13 @@ changes nothing; a malformed patch document is 400; If-Match is honoured."""
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
 import pytest
 from conftest import newest_history_entry
+from write_data import uid
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 FHIR = {"Content-Type": "application/fhir+json"}
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 BASE_PATIENT = {
@@ -93,11 +88,6 @@ def unprocessable(client: httpx.Client, r: httpx.Response, resource: dict, statu
     return outcome
 
 
-@pytest.fixture
-def unchanged(client):
-    before = newest_history_entry(client)
-    yield
-    assert newest_history_entry(client) == before
 
 
 # ---------------------------------------------------------------- JSON Patch
