@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
+from crud import HOST, Server  # noqa: E402  (the benches share one way of running a server)
 from datagen import _coding, observation, patient  # noqa: E402
 from pgcluster import postgres_cluster  # noqa: E402
 
@@ -89,35 +89,6 @@ def transaction(record: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": url, "resource": res, "request": {"method": "POST", "url": res["resourceType"]}}
         for url, res in record]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, env: dict[str, str], workers: int, data_dir: Path):
-        self.port = free_port()
-        self.log = open(data_dir / "server.log", "wb")
-        self.process = subprocess.Popen(
-            [FHIR_SERVER, "serve", "--port", str(self.port), "--data-dir", str(data_dir), "--workers", str(workers)],
-            env={**os.environ, **env, "FHIR_LOG_LEVEL": "WARNING"}, stdout=self.log, stderr=self.log)
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError((data_dir / "server.log").read_text()[-2000:])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self.log.close()
 
 
 async def post_all(base: str, bodies: list[bytes], clients: int, path: str = "/") -> float:
@@ -177,12 +148,14 @@ def run_backend(backend: str, args, records) -> dict[str, Any]:
             work = Path(tempfile.mkdtemp(prefix="fhir-ingest-"))
             try:
                 env = fresh_env(backend, base_url)
-                server = Server(env, args.workers, work)
+                server = Server(work, args.workers, {**env, "FHIR_LOG_LEVEL": "WARNING"})
+                server.wait_ready()
+                base = f"http://{HOST}:{server.port}"
                 try:
-                    asyncio.run(post_all(server.base, bodies[:2], 1))  # warm-up (not counted)
-                    elapsed = asyncio.run(post_all(server.base, bodies[2:], args.clients))
+                    asyncio.run(post_all(base, bodies[:2], 1))  # warm-up (not counted)
+                    elapsed = asyncio.run(post_all(base, bodies[2:], args.clients))
                     results["transaction"].append(sum(len(r) for r in records[2:]) / elapsed)
-                    elapsed = asyncio.run(post_all(server.base, singles, args.clients, "/Patient"))
+                    elapsed = asyncio.run(post_all(base, singles, args.clients, "/Patient"))
                     results["single-create"].append(len(singles) / elapsed)
                 finally:
                     server.stop()
