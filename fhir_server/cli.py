@@ -25,22 +25,63 @@ def main() -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the embedded database and blobs live (default ./data, env FHIR_DATA_DIR).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
-def serve(host: str | None, port: int | None, data_dir: Path | None, workers: int) -> None:
-    """Run the FHIR server (SQLite in the data dir unless FHIR_DATABASE_URL is set)."""
+@click.option("--dicom-port", type=int, default=None,
+              help="DICOM SCP port (default 11112, env FHIR_DICOM_PORT; 0 runs no SCP).")
+def serve(host: str | None, port: int | None, data_dir: Path | None, workers: int, dicom_port: int | None) -> None:
+    """Run the FHIR server (SQLite in the data dir unless FHIR_DATABASE_URL is set) and its DICOM SCP."""
+    import subprocess
+
     import uvicorn
 
     # Workers are separate processes that build their own Settings: pass choices via the environment.
-    for key, value in (("FHIR_HOST", host), ("FHIR_PORT", port), ("FHIR_DATA_DIR", data_dir)):
+    for key, value in (("FHIR_HOST", host), ("FHIR_PORT", port), ("FHIR_DATA_DIR", data_dir),
+                       ("FHIR_DICOM_PORT", dicom_port)):
         if value is not None:
             os.environ[key] = str(value.resolve() if isinstance(value, Path) else value)
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(_migrate(settings))  # once, before workers start
-    base = settings.base_url or f"http://{settings.host}:{settings.port}"
+    base = settings.public_base_url
     click.echo(f"FHIR server ({settings.backend}) at {base}  (metadata: {base}/metadata)", err=True)
-    uvicorn.run("fhir_server.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=workers, log_config=None, access_log=False, proxy_headers=True,
-                server_header=False)
+    scp = None
+    if settings.dicom_port:
+        # One SCP process for all HTTP workers; it exits when this process does.
+        scp = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "dicom", "--parent-pid", str(os.getpid())])
+        click.echo(f"DICOM SCP {settings.dicom_ae_title} on port {settings.dicom_port}", err=True)
+    try:
+        uvicorn.run("fhir_server.app:create_app", factory=True, host=settings.host, port=settings.port,
+                    workers=workers, log_config=None, access_log=False, proxy_headers=True,
+                    server_header=False)
+    finally:
+        if scp is not None:
+            scp.terminate()
+            try:
+                scp.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                scp.kill()
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface (default FHIR_DICOM_HOST, else FHIR_HOST).")
+@click.option("--port", type=int, default=None, help="DICOM port (default 11112, env FHIR_DICOM_PORT).")
+@click.option("--ae-title", default=None, help="AE title (default ALLIANCE, env FHIR_DICOM_AE_TITLE).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data directory (env FHIR_DATA_DIR).")
+@click.option("--parent-pid", type=int, default=None, hidden=True)
+def dicom(host: str | None, port: int | None, ae_title: str | None, data_dir: Path | None,
+          parent_pid: int | None) -> None:
+    """Run the DICOM SCP alone (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)."""
+    from .dicom.scp import run
+    from .logs import configure_logging
+
+    for key, value in (("FHIR_DICOM_HOST", host), ("FHIR_DICOM_PORT", port), ("FHIR_DICOM_AE_TITLE", ae_title),
+                       ("FHIR_DATA_DIR", data_dir)):
+        if value is not None:
+            os.environ[key] = str(value.resolve() if isinstance(value, Path) else value)
+    settings = Settings()
+    configure_logging(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    run(settings, parent_pid=parent_pid)
 
 
 async def _migrate(settings: Settings) -> None:
@@ -90,3 +131,7 @@ def migrate() -> None:
     """Create or upgrade the database schema, then exit."""
     asyncio.run(_migrate(Settings()))
     click.echo("schema up to date")
+
+
+if __name__ == "__main__":
+    main()

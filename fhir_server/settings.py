@@ -32,6 +32,18 @@ class Settings(BaseSettings):
     # A conditional delete that matches more resources than this is refused with 412.
     conditional_delete_max: int = 100
     max_bundle_entries: int = 10000
+    # DICOM bridge: the SCP's port (0 turns it off), interface (default: FHIR_HOST) and AE title.
+    dicom_port: int = 11112
+    dicom_host: str = ""
+    dicom_ae_title: str = "ALLIANCE"
+    # Peers that C-MOVE may send to: "AE1=host:port,AE2=host:port".
+    dicom_peers: str = ""
+    # DICOM dates and times are local to the device; FHIR wants a zone with every time.
+    dicom_timezone: str = "+08:00"
+    # An ImagingStudy is rewritten once a study has been quiet this long (or, under a steady stream,
+    # at least this often), and at once when the sending association ends.
+    dicom_flush_quiet_s: float = 0.5
+    dicom_flush_max_delay_s: float = 2.0
 
     @cached_property
     def effective_database_url(self) -> str:
@@ -44,6 +56,21 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return driver + url[len(plain):]
         return url
+
+    @property
+    def public_base_url(self) -> str:
+        return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def dicom_peer_table(self) -> dict[str, tuple[str, int]]:
+        peers = {}
+        for item in filter(None, (p.strip() for p in self.dicom_peers.split(","))):
+            title, _, address = item.partition("=")
+            host, _, port = address.rpartition(":")
+            if not title or not host or not port.isdigit():
+                raise ValueError(f"FHIR_DICOM_PEERS entry {item!r} is not AE=host:port")
+            peers[title.strip()] = (host.strip(), int(port))
+        return peers
 
     @property
     def backend(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,11 +25,14 @@ BACKENDS = ["sqlite", "postgresql"]
 
 
 class RunningServer:
-    def __init__(self, base_url: str, process: subprocess.Popen, log_path: Path, data_dir: Path):
+    def __init__(self, base_url: str, process: subprocess.Popen, log_path: Path, data_dir: Path,
+                 dicom_port: int = 0):
         self.base_url = base_url
         self.process = process
         self.log_path = log_path
         self.data_dir = data_dir
+        self.dicom_port = dicom_port
+        self.ae_title = "ALLIANCE"
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text().splitlines()
@@ -39,7 +43,7 @@ def start_server(env_extra: dict[str, str], workers: int = 1, data_dir: Path | N
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = data_dir / "server.log"
-    env = {**os.environ, "FHIR_LOG_LEVEL": "INFO", **env_extra}
+    env = {**os.environ, "FHIR_LOG_LEVEL": "INFO", "FHIR_DICOM_PORT": "0", **env_extra}
     beside = Path(sys.executable).parent / "fhir-server"
     exe = str(beside) if beside.exists() else shutil.which("fhir-server")
     with open(log_path, "wb") as log:
@@ -94,18 +98,49 @@ def server(request) -> Iterator[RunningServer]:
     stop_server(running)
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def fresh_server(request) -> Iterator[RunningServer]:
-    """A server with an empty store of its own, for a test module that needs exact result sets."""
+def _fresh_database_env(request) -> dict[str, str]:
     env = {"FHIR_DATABASE_URL": ""}
     if request.param == "postgresql":
         base = request.getfixturevalue("postgres_url")
         name = f"fhir_{uuid.uuid4().hex[:12]}"
         asyncio.run(_create_database(base, name))
         env["FHIR_DATABASE_URL"] = base.rsplit("/", 1)[0] + f"/{name}"
-    running = start_server(env)
+    return env
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def fresh_server(request) -> Iterator[RunningServer]:
+    """A server with an empty store of its own, for a test module that needs exact result sets."""
+    running = start_server(_fresh_database_env(request))
     yield running
     stop_server(running)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def dicom_server(request) -> Iterator[RunningServer]:
+    """A server with an empty store and its DICOM SCP on a port of its own (FHIR_DICOM_PORT)."""
+    port = free_port()
+    running = start_server({**_fresh_database_env(request), "FHIR_DICOM_PORT": str(port)})
+    running.dicom_port = port
+    deadline = time.monotonic() + 30
+    while True:  # the SCP is a process of its own: wait until it accepts connections
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                stop_server(running)
+                raise RuntimeError(f"DICOM SCP did not start: {running.log_path.read_text()[-3000:]}") from None
+            time.sleep(0.1)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def dicom_client(dicom_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=dicom_server.base_url, timeout=30,
+                      headers={"Content-Type": "application/fhir+json"}) as http:
+        yield http
 
 
 async def _create_database(url: str, name: str) -> None:

@@ -39,10 +39,15 @@ async def _v3_date_ranges(conn: AsyncConnection) -> None:
                             "(resource_type, param, int8range(low, high, '[]'))"))
 
 
+async def _v4_dicom_instances(conn: AsyncConnection) -> None:
+    await conn.run_sync(schema.metadata.create_all, tables=[schema.dicom_instances])
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "resources and resource_versions", _v1_resources),
     Migration(2, "search index tables", _v2_search_index),
     Migration(3, "GiST range index on search_date (PostgreSQL)", _v3_date_ranges),
+    Migration(4, "DICOM instance index", _v4_dicom_instances),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

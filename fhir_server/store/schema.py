@@ -137,6 +137,47 @@ SEARCH_TABLES = {
     "quantity": search_quantity, "reference": search_reference, "uri": search_uri, "composite": search_composite,
 }
 
+# DICOM instances received (C-STORE, STOW-RS): where each Part 10 file lies in the blob store and the
+# attributes that C-FIND and QIDO-RS match on. `fhir` holds the instance's ImagingStudy fragments
+# (study, series, instance) as the mapping tables produced them; `dicom_json` its DICOM JSON without bulk data.
+dicom_instances = Table(
+    "dicom_instances",
+    metadata,
+    Column("pk", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("sop_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("transfer_syntax", String(64), nullable=False),
+    Column("patient_id", String(64)),
+    Column("issuer", String(64)),
+    Column("patient_name", String(200)),
+    Column("birth_date", String(8)),
+    Column("sex", String(16)),
+    Column("study_date", String(8)),
+    Column("study_time", String(16)),
+    Column("accession", String(64)),
+    Column("study_id", String(16)),
+    Column("study_description", String(200)),
+    Column("referring_physician", String(200)),
+    Column("modality", String(16)),
+    Column("series_number", Integer),
+    Column("series_description", String(200)),
+    Column("body_part", String(64)),
+    Column("instance_number", Integer),
+    Column("blob_key", String(300), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("fhir", JsonDocument, nullable=False),
+    Column("dicom_json", JsonDocument, nullable=False),
+    UniqueConstraint("sop_uid", name="uq_dicom_instances_sop"),
+    Index("ix_dicom_instances_study", "study_uid", "series_uid"),
+    Index("ix_dicom_instances_series", "series_uid"),
+    Index("ix_dicom_instances_patient", "patient_id"),
+    Index("ix_dicom_instances_study_date", "study_date"),
+    Index("ix_dicom_instances_accession", "accession"),
+)
+
 schema_migrations = Table(
     "schema_migrations",
     metadata,

@@ -1,0 +1,1 @@
+"""DICOM bridge: SCP, DICOM -> FHIR mapping, DICOMweb."""

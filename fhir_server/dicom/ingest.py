@@ -1,0 +1,218 @@
+"""The one path a DICOM instance takes into the server, whether it came by C-STORE or STOW-RS:
+parse and check it, keep the file unchanged in the blob store, index it, and bring the study's
+ImagingStudy (with its Patient and order) up to date through the resource service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from ..service import ResourceService
+from .blobs import BlobStore, FileBlobStore, instance_key
+from .imaging_study import build_imaging_study
+from .index import DicomIndex
+from .instance import OUT_OF_RESOURCES, ParsedInstance, Rejected, parse_instance
+from .mapping import DicomMapping
+
+log = logging.getLogger("fhir_server.dicom")
+
+ENDPOINT_IDENTIFIER = ("urn:alliance:endpoint", "dicomweb")
+
+
+@dataclass
+class Stored:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    duplicate: bool
+    instance: ParsedInstance | None = None
+
+
+def token(system: str, value: str) -> str:
+    """A token search value with FHIR's escapes, URL-encoded for criteria strings."""
+    def escape(text: str) -> str:
+        for char in ("\\", ",", "|", "$"):
+            text = text.replace(char, "\\" + char)
+        return quote(text, safe="")
+    return f"{escape(system)}|{escape(value)}" if system else escape(value)
+
+
+def _same(existing: dict[str, Any], new: dict[str, Any]) -> bool:
+    strip = ("id", "meta")
+    return {k: v for k, v in existing.items() if k not in strip} == {k: v for k, v in new.items() if k not in strip}
+
+
+class DicomIngest:
+    def __init__(self, service: ResourceService, blobs: BlobStore | None = None):
+        self.service = service
+        self.settings = service.settings
+        self.blobs = blobs or FileBlobStore(self.settings.data_dir / "dicom")
+        self.index = DicomIndex(service.store)
+        self.mapping = DicomMapping(self.settings.dicom_timezone)
+
+    # ---- instances ----
+
+    async def store(self, raw: bytes, *, context_sop_class: str | None = None) -> Stored:
+        """Keep one instance. Raises Rejected (with the DICOM status) when it is refused; a duplicate
+        SOP Instance UID is accepted and changes nothing."""
+        instance = await asyncio.to_thread(parse_instance, raw, context_sop_class=context_sop_class)
+        stored = Stored(instance.study_uid, instance.series_uid, instance.sop_uid, instance.sop_class_uid,
+                        duplicate=False, instance=instance)
+        if await self.index.get(instance.sop_uid) is not None:
+            stored.duplicate = True
+            return stored
+        key = instance_key(instance.study_uid, instance.series_uid, instance.sop_uid)
+        fragments = self.mapping.fragments(instance.dataset)
+        try:
+            await asyncio.to_thread(self.blobs.put, key, raw)
+        except OSError as exc:
+            log.error("dicom blob write failed", extra={"sop_uid": instance.sop_uid, "error": str(exc)})
+            raise Rejected(OUT_OF_RESOURCES, "Cannot store the instance") from exc
+        try:
+            inserted = await self.index.add(instance, key, fragments)
+        except Exception as exc:
+            # The file is only reachable through the index: without its row it must not stay.
+            await asyncio.to_thread(self.blobs.delete, key)
+            log.error("dicom index write failed", extra={"sop_uid": instance.sop_uid, "error": str(exc)})
+            raise Rejected(OUT_OF_RESOURCES, "Cannot index the instance") from exc
+        stored.duplicate = not inserted
+        return stored
+
+    # ---- the study's FHIR resources ----
+
+    async def _subject(self, tx, first: dict[str, Any], study_uid: str) -> dict[str, Any]:
+        """The Patient with this Patient ID (in the issuer's system), created and tagged for
+        reconciliation when the alliance does not know it yet."""
+        patient_id, issuer = first["patient_id"], first["issuer"]
+        if patient_id:
+            system, value = self.mapping.patient_system(issuer), patient_id
+        else:  # Patient ID is type 2: an anonymous study gets a patient of its own
+            system, value = "urn:dicom:study-patient", study_uid
+        matches = await self.service.match(tx, "Patient", f"identifier={token(system, value)}", lock=True)
+        if matches:
+            return {"reference": f"Patient/{matches[0].id}"}
+        patient = {"resourceType": "Patient", "meta": {"tag": [self.mapping.reconciliation_tag]},
+                   "identifier": [{"system": system, "value": value}], **first["fhir"]["patient"]}
+        created = await self.service.create("Patient", patient, tx=tx)
+        log.info("dicom patient created for reconciliation", extra={"patient": created.version.id,
+                                                                    "study_uid": study_uid})
+        return {"reference": f"Patient/{created.version.id}"}
+
+    async def _orders(self, tx, accession: str | None) -> list[dict[str, Any]]:
+        if not accession:
+            return []
+        matches = await self.service.match(tx, "ServiceRequest", f"identifier={token('', accession)}", limit=10)
+        return [{"reference": f"ServiceRequest/{m.id}"} for m in matches]
+
+    async def _endpoint(self, tx) -> dict[str, Any]:
+        criteria = f"identifier={token(*ENDPOINT_IDENTIFIER)}"
+        endpoint = {
+            "resourceType": "Endpoint", "status": "active",
+            "identifier": [{"system": ENDPOINT_IDENTIFIER[0], "value": ENDPOINT_IDENTIFIER[1]}],
+            "name": "DICOMweb (WADO-RS, QIDO-RS, STOW-RS)",
+            "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+                               "code": "dicom-wado-rs"},
+            "payloadType": [{"text": "DICOM"}], "payloadMimeType": ["application/dicom"],
+            "address": f"{self.settings.public_base_url}/dicomweb"}
+        created = await self.service.create("Endpoint", endpoint, if_none_exist=criteria, tx=tx)
+        return {"reference": f"Endpoint/{created.version.id}"}
+
+    async def flush(self, study_uid: str) -> str | None:
+        """Write the study's ImagingStudy as its instances now stand (one version, only if it changed).
+        Returns the ImagingStudy id, or None when the study has no instances."""
+        started = time.perf_counter()
+        async with self.service.transaction() as tx:
+            await tx.lock(f"dicom-study:{study_uid}")
+            instances = await self.index.study_instances(tx.conn, study_uid)
+            if not instances:
+                return None
+            first = instances[0]
+            study = build_imaging_study(
+                study_uid, instances, subject=await self._subject(tx, first, study_uid),
+                based_on=await self._orders(tx, first["accession"]), endpoint=await self._endpoint(tx))
+            criteria = f"identifier={token('urn:dicom:uid', f'urn:oid:{study_uid}')}"
+            matches = await self.service.match(tx, "ImagingStudy", criteria, lock=True)
+            if matches:
+                current = matches[0]
+                if _same(orjson.loads(current.content), study):
+                    return current.id
+                result = await self.service.update("ImagingStudy", current.id, {**study, "id": current.id}, tx=tx)
+            else:
+                result = await self.service.create("ImagingStudy", study, tx=tx)
+        log.info("imaging study written", extra={
+            "study_uid": study_uid, "imaging_study": result.version.id, "version": result.version.version_id,
+            "instances": len(instances), "ms": round((time.perf_counter() - started) * 1000, 1)})
+        return result.version.id
+
+
+class StudyFlusher:
+    """Coalesces a burst of instances into one ImagingStudy write per study: a study is flushed when
+    it has been quiet for `quiet` seconds, at the latest `max_delay` after its first unflushed instance,
+    or at once when the sender says it is done (flush_now)."""
+
+    def __init__(self, ingest: DicomIngest, quiet: float, max_delay: float):
+        self.ingest = ingest
+        self.quiet = quiet
+        self.max_delay = max_delay
+        self._dirty: dict[str, tuple[float, float]] = {}  # study uid -> (first, last) touch
+        self._failures: dict[str, int] = {}
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+
+    def touch(self, study_uid: str) -> None:
+        now = time.monotonic()
+        first, _ = self._dirty.get(study_uid, (now, now))
+        self._dirty[study_uid] = (first, now)
+        self._wake.set()
+
+    async def flush_now(self, study_uids) -> None:
+        for study_uid in list(study_uids):
+            self._dirty.pop(study_uid, None)
+            await self._flush(study_uid)
+
+    async def _flush(self, study_uid: str) -> None:
+        try:
+            await self.ingest.flush(study_uid)
+            self._failures.pop(study_uid, None)
+        except Exception as exc:  # keep serving: retry a few times, then the next instance retries
+            failures = self._failures[study_uid] = self._failures.get(study_uid, 0) + 1
+            log.error("imaging study write failed", extra={"study_uid": study_uid, "attempt": failures,
+                                                           "error": str(exc)[:500]})
+            if failures < 3:
+                later = time.monotonic() + 2 * failures
+                self._dirty[study_uid] = (later, later)
+            else:
+                self._failures.pop(study_uid, None)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.flush_now(list(self._dirty))
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            due = [uid for uid, (first, last) in self._dirty.items()
+                   if now - last >= self.quiet or now - first >= self.max_delay]
+            for study_uid in due:
+                self._dirty.pop(study_uid, None)
+                await self._flush(study_uid)
+            if self._dirty:
+                await asyncio.sleep(min(self.quiet, 0.1))
+            else:
+                await self._wake.wait()

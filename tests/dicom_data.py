@@ -1,0 +1,39 @@
+"""DICOM test data: pydicom's bundled files, and copies of them with new UIDs and chosen attributes."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+
+def pydicom_file(name: str) -> Path:
+    return Path(get_testdata_file(name))
+
+
+def variant(source: str, out_dir: Path, *, study_uid: str | None = None, series_uid: str | None = None,
+            name: str | None = None, **attributes) -> tuple[Path, pydicom.Dataset]:
+    """A copy of a pydicom test file with a fresh SOP Instance UID (and the given study/series UIDs and
+    attributes), written as a Part 10 file; returns its path and dataset."""
+    ds = pydicom.dcmread(pydicom_file(source))
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    for keyword, value in attributes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    path = out_dir / (name or f"{ds.SOPInstanceUID}.dcm")
+    ds.save_as(path, enforce_file_format=True)
+    return path, ds
+
+
+def storescu(port: int, *files: Path, ae_title: str = "ALLIANCE", extra: tuple[str, ...] = ()):
+    """Send files with dcmtk's storescu (one association); returns the CompletedProcess."""
+    return subprocess.run(["storescu", "-aet", "CLINIC01", "-aec", ae_title, *extra, "127.0.0.1", str(port),
+                           *map(str, files)], capture_output=True, text=True, timeout=120)
