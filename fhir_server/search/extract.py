@@ -109,35 +109,57 @@ def _upper_first(name: str) -> str:
     return name[0].upper() + name[1:]
 
 
-def _walk(path: _Path, node: Any) -> list[Any]:
-    nodes = [node]
+def _prepare(path: _Path) -> tuple[tuple[str, Any, tuple[str, ...] | None], ...]:
+    """The path's steps with the JSON keys of each field worked out once: a choice element such as
+    Observation.value reads valueQuantity, valueString, ... (or the one an `as` names)."""
     element = path.root  # element path used to recognise choice types, e.g. Observation.effective
     steps = path.steps
+    out = []
     i = 0
     while i < len(steps):
         kind, arg = steps[i]
-        out: list[Any] = []
         if kind == "field":
             element = f"{element}.{arg}"
             explicit = steps[i + 1][1] if i + 1 < len(steps) and steps[i + 1][0] == "as" else None
             choices = CHOICE_TYPES.get(element)
+            keys = None
+            if choices is not None:
+                keys = (arg + _upper_first(explicit),) if explicit else tuple(arg + t for t in choices)
+                if explicit:
+                    i += 1  # the `as` step is applied with the field
+            out.append(("field", arg, keys))
+        else:
+            out.append((kind, arg, None))
+        i += 1
+    return tuple(out)
+
+
+_PREPARED: dict[_Path, tuple] = {}
+
+
+def _walk(path: _Path, node: Any) -> list[Any]:
+    prepared = _PREPARED.get(path)
+    if prepared is None:
+        prepared = _PREPARED[path] = _prepare(path)
+    nodes = [node]
+    for kind, arg, keys in prepared:
+        out: list[Any] = []
+        if kind == "field":
             for n in nodes:
                 if not isinstance(n, dict):
                     continue
-                if choices is not None:
-                    keys = [arg + _upper_first(explicit)] if explicit else [arg + t for t in choices]
-                elif arg not in n:  # a choice inside a data type, e.g. Extension.value[x]
-                    keys = [k for k in n if k.startswith(arg) and k[len(arg):] in _CHOICE_SUFFIXES]
-                else:
-                    keys = [arg]
-                for key in keys:
-                    value = n.get(key)
+                if keys is not None:
+                    names = keys
+                elif arg in n:
+                    names = (arg,)
+                else:  # a choice inside a data type, e.g. Extension.value[x]
+                    names = [k for k in n if k.startswith(arg) and k[len(arg):] in _CHOICE_SUFFIXES]
+                for name in names:
+                    value = n.get(name)
                     if isinstance(value, list):
                         out.extend(value)
                     elif value is not None:
                         out.append(value)
-            if explicit and choices is not None:
-                i += 1  # the `as` step was applied with the field
         elif kind == "as":
             out = nodes  # `as` on a non-choice element: keep values as they are
         elif kind == "index":
@@ -149,8 +171,9 @@ def _walk(path: _Path, node: Any) -> list[Any]:
         elif kind == "where":
             key, value = arg
             out = [n for n in nodes if isinstance(n, dict) and n.get(key) == value]
+        if not out:
+            return out
         nodes = out
-        i += 1
     return nodes
 
 
@@ -382,13 +405,28 @@ def _composite(param: SearchParam, resource_type: str, resource: dict[str, Any],
                 _composite_rows(param, defs, root, element, rows)
 
 
+@cache
+def _component_param(code: str, kind: str) -> SearchParam:
+    return SearchParam(code, kind, "")
+
+
+def _component_rows(param: SearchParam, component, definition, root: str, element: dict[str, Any]) -> IndexRows:
+    out = IndexRows()
+    compiled = compile_expression(component.expression, root, True)
+    values = ([v for path in compiled for v in _walk(path, element)] if compiled is not None
+              else _fhirpath(component.expression, element))
+    if values:
+        _add_values(_component_param(param.code, definition.type), values, out)
+    return out
+
+
 def _composite_rows(param: SearchParam, defs, root: str, element: dict[str, Any], rows: IndexRows) -> None:
-    first, second = IndexRows(), IndexRows()
-    for comp, definition, out in zip(param.components, defs, (first, second), strict=True):
-        compiled = compile_expression(comp.expression, root, True)
-        values = ([v for path in compiled for v in _walk(path, element)] if compiled is not None
-                  else _fhirpath(comp.expression, element))
-        _add_values(SearchParam(param.code, definition.type, ""), values, out)
+    # The value component first: most elements lack it (an Observation has one value[x] of four kinds),
+    # and then the code component need not be looked at.
+    second = _component_rows(param, param.components[1], defs[1], root, element)
+    if not (second.quantity or second.token or second.date or second.string):
+        return
+    first = _component_rows(param, param.components[0], defs[0], root, element)
     for _, system, code, _text in first.token:
         if code is None:
             continue

@@ -114,20 +114,7 @@ class SqlTransaction(StoreTransaction):
         ts = now_ms()
         versions = [ResourceVersion(rt, rid, 1, ts, False, stamp(resource, rid, 1, ts), "POST")
                     for rt, rid, resource, _, _ in items]
-        rows = [{"resource_type": v.resource_type, "id": v.id, "version_id": 1, "last_updated": ts,
-                 "deleted": False, "patient_key": item[3], "content": v.content}
-                for v, item in zip(versions, items, strict=True)]
-        try:
-            result = await self.conn.execute(
-                res.insert().returning(res.c.pk, sort_by_parameter_order=True), rows)
-        except IntegrityError as exc:
-            raise Conflict("A resource in the batch already exists") from exc
-        pks = [row.pk for row in result]
-        await self.conn.execute(rv.insert(), [
-            {"resource_type": v.resource_type, "id": v.id, "version_id": 1, "last_updated": ts, "method": "POST",
-             "patient_key": item[3], "content": v.content} for v, item in zip(versions, items, strict=True)])
-        await self._write_indexes([(pk, item[0], item[4]) for pk, item in zip(pks, items, strict=True)
-                                   if item[4] is not None])
+        await self.store.insert_new(self, versions, items)
         return versions
 
     async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
@@ -188,6 +175,20 @@ class SqlResourceStore(ResourceStore):
                                               version_id=values["version_id"], last_updated=values["last_updated"],
                                               patient_key=values["patient_key"], content=values["content"]))
         return pk
+
+    async def insert_new(self, tx: SqlTransaction, versions: list[ResourceVersion], items) -> None:
+        """First versions of new resources with their history and index rows; Conflict if an id is taken."""
+        rows = [{"resource_type": v.resource_type, "id": v.id, "version_id": 1, "last_updated": v.last_updated,
+                 "deleted": False, "patient_key": item[3], "content": v.content}
+                for v, item in zip(versions, items, strict=True)]
+        try:
+            result = await tx.conn.execute(res.insert().returning(res.c.pk, sort_by_parameter_order=True), rows)
+        except IntegrityError as exc:
+            raise Conflict("A resource in the batch already exists") from exc
+        pks = [row.pk for row in result]
+        await tx.conn.execute(rv.insert(), [{**row, "method": "POST"} for row in rows])
+        await tx._write_indexes([(pk, item[0], item[4]) for pk, item in zip(pks, items, strict=True)
+                                 if item[4] is not None])
 
     @staticmethod
     def insert_ignoring_conflict(table):
