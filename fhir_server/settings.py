@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     # A conditional delete that matches more resources than this is refused with 412.
     conditional_delete_max: int = 100
     max_bundle_entries: int = 10000
+    # Organization reference of the county ECG centre that critical ECG referrals (ServiceRequest) go to.
+    ecg_referral_organization: str = ""
 
     @cached_property
     def effective_database_url(self) -> str:
