@@ -76,3 +76,21 @@ def analyse(waveform: Waveform) -> TriageResult:
     return TriageResult(level, rhythm, findings, waveform.duration, waveform.fs, beats, rr_statistics(times),
                         float(np.median(widths)) if widths.size else None,
                         [waveform.names[i] for i in usable], rejected)
+
+
+def summary(result: TriageResult) -> dict:
+    """The result as plain JSON data (the `fhir-server ecg --json` output)."""
+    rr = result.rr
+    return {
+        "triage": result.level, "rhythm": result.rhythm, "duration_s": round(result.duration, 3), "fs": result.fs,
+        "beats": int(result.beats.size),
+        "heart_rate": None if rr is None or rr.rate_mean is None else {
+            "mean": round(rr.rate_mean, 1), "min": round(rr.rate_min, 1), "max": round(rr.rate_max, 1)},
+        "rr_irregularity": None if rr is None or rr.irregularity is None else round(rr.irregularity, 3),
+        "qrs_width_ms": None if result.qrs_width is None else round(1000 * result.qrs_width),
+        "worst": {"category": result.worst.category, "level": result.worst.level, "reason": result.worst.reason,
+                  "start_s": result.worst.start, "end_s": result.worst.end},
+        "findings": [{"category": f.category, "level": f.level, "reason": f.reason, "start_s": f.start,
+                      "end_s": f.end} for f in result.findings],
+        "leads_used": result.leads_used, "leads_rejected": result.leads_rejected,
+    }
