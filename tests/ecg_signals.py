@@ -3,10 +3,14 @@ placed at chosen times, on a wandering baseline with noise, from a seeded random
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from fhir_server.ecg.waveform import Waveform
 
+# MIT-BIH record 100 in the alliance's shared material beside the repository
+MITDB_100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ecg" / "mitdb" / "100"
 TWELVE_LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 # rough amplitude and polarity of the QRS per lead relative to lead II
 _LEAD_GAIN = {"I": 0.7, "II": 1.0, "III": 0.4, "aVR": -0.8, "aVL": 0.3, "aVF": 0.7, "V1": -0.6, "V2": -0.4,

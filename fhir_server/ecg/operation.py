@@ -17,7 +17,7 @@ from ..model.outcome import BadRequest, Unprocessable
 from ..model.validate import validate_resource
 from .derived import TriageContext, derived_resources, output_parameters
 from .sampled_data import is_ecg, waveform_from_observation
-from .triage import TriageResult, analyse
+from .triage import analyse
 
 NAME = "ecg-triage"
 
@@ -84,10 +84,6 @@ def check_ecg(observation: dict[str, Any]) -> None:
                             "MDC 131328 (MDC_ECG_ELEC_POTL)", expression=["Observation.code"])
 
 
-def _analyse(observation: dict[str, Any]) -> TriageResult:
-    return analyse(waveform_from_observation(observation))
-
-
 async def triage(service, observation: dict[str, Any], *, persist: bool, subject: dict[str, Any] | None = None,
                  source: str | None = None) -> dict[str, Any]:
     """Triage an ECG Observation; returns the output Parameters.
@@ -98,9 +94,11 @@ async def triage(service, observation: dict[str, Any], *, persist: bool, subject
     check_ecg(observation)
     if subject and not observation.get("subject"):
         observation = {**observation, "subject": subject}
+    # CPU-bound work runs in a thread so the event loop keeps serving other requests
+    waveform = await asyncio.to_thread(waveform_from_observation, observation)  # waveform errors first: 422
     if source is None:
         validate_resource(observation, "Observation")
-    result = await asyncio.to_thread(_analyse, observation)  # CPU-bound: keep the event loop serving
+    result = await asyncio.to_thread(analyse, waveform)
     context = TriageContext(ecg={"reference": source} if source else {"display": "ECG Observation of the request "
                                                                                  "(not stored)"},
                             subject=observation.get("subject"), effective=observation.get("effectiveDateTime"),

@@ -25,7 +25,13 @@ def read_record(path: str | Path) -> Waveform:
     base = record_base(path)
     if not base.with_suffix(".hea").is_file():
         raise FileNotFoundError(f"no WFDB header {base.with_suffix('.hea')}")
-    return waveform_from_record(wfdb.rdrecord(str(base)))
+    try:
+        record = wfdb.rdrecord(str(base))
+    except OSError:
+        raise
+    except Exception as exc:  # wfdb's parser fails on malformed headers with whatever error it meets
+        raise ValueError(f"malformed WFDB record {base}: {type(exc).__name__}: {exc}") from exc
+    return waveform_from_record(record)
 
 
 def waveform_from_record(record: wfdb.Record) -> Waveform:
@@ -43,20 +49,25 @@ def waveform_from_record(record: wfdb.Record) -> Waveform:
     return Waveform(signal, float(record.fs), list(record.sig_name), start, resolution)
 
 
-def record_from_waveform(waveform: Waveform, name: str = "ecg") -> wfdb.Record:
-    """A WFDB record (format 16, millivolts) holding the waveform, ready for `wrsamp`."""
+def _digital(waveform: Waveform) -> tuple[np.ndarray, list[float]]:
+    """16-bit samples at each lead's resolution, and the gains (steps per millivolt)."""
     gains = [1.0 / waveform.lead_resolution(i) for i in range(len(waveform.names))]
     digital = np.round(np.nan_to_num(waveform.signal) * np.array(gains))
     if np.abs(digital).max(initial=0) > 32767:
         raise ValueError("the waveform does not fit 16-bit samples at its resolution")
     d_signal = digital.astype(np.int16)
     d_signal[np.isnan(waveform.signal)] = -32768  # WFDB's "no sample" value for format 16
-    record = wfdb.Record(record_name=name, n_sig=len(waveform.names), fs=waveform.fs,
-                         sig_len=waveform.signal.shape[0], d_signal=d_signal, sig_name=list(waveform.names),
-                         units=["mV"] * len(waveform.names), fmt=["16"] * len(waveform.names), adc_gain=gains,
-                         baseline=[0] * len(waveform.names), file_name=[f"{name}.dat"] * len(waveform.names),
-                         adc_res=[16] * len(waveform.names), adc_zero=[0] * len(waveform.names))
+    return d_signal, gains
+
+
+def write_record(waveform: Waveform, name: str, directory: str | Path) -> Path:
+    """Write the waveform as a WFDB record (format 16, millivolts); returns the record path."""
+    d_signal, gains = _digital(waveform)
+    leads_count = len(waveform.names)
+    options = {}
     if waveform.start is not None:
-        record.base_date, record.base_time = waveform.start.date(), waveform.start.time().replace(tzinfo=None)
-    record.p_signal = record.dac()
-    return record
+        options = {"base_date": waveform.start.date(), "base_time": waveform.start.time().replace(tzinfo=None)}
+    wfdb.wrsamp(name, fs=waveform.fs, units=["mV"] * leads_count, sig_name=list(waveform.names), d_signal=d_signal,
+                fmt=["16"] * leads_count, adc_gain=gains, baseline=[0] * leads_count, write_dir=str(directory),
+                **options)
+    return Path(directory) / name
