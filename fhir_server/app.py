@@ -14,6 +14,7 @@ from . import __version__
 from .logs import configure_logging
 from .rest.errors import install_error_handlers
 from .rest.middleware import RequestContextMiddleware
+from .rest.operations import router as operations_router
 from .rest.routes import router
 from .service import ResourceService
 from .settings import Settings
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"status": "ok", "database": request.app.state.store.backend})
 
     install_error_handlers(app)
+    app.include_router(operations_router)  # before the generic /{type}/{id} routes that would take $operations
     app.include_router(router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

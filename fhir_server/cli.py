@@ -127,6 +127,54 @@ def load(files: tuple[Path, ...], workers: int, rejects: Path, journal: Path | N
 
 
 @main.command()
+@click.argument("records", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record instead of the report.")
+def ecg(records: tuple[str, ...], as_json: bool) -> None:
+    """Triage WFDB ECG records (RECORDS: `mitdb/100`, `mitdb/100.hea` or `mitdb/100.dat`).
+
+    Long records are judged in 10-second windows; the report names the worst finding and when it was."""
+    import json
+
+    from .ecg.derived import rhythm_concept
+    from .ecg.rhythm import clock
+    from .ecg.triage import analyse, summary
+    from .ecg.wfdb_record import read_record, record_base
+
+    failed = False
+    for record in records:
+        try:
+            waveform = read_record(record)
+        except (OSError, ValueError) as exc:
+            click.echo(f"{record}: cannot read the WFDB record: {exc}", err=True)
+            failed = True
+            continue
+        result = analyse(waveform)
+        if as_json:
+            click.echo(json.dumps({"record": str(record_base(record)), **summary(result)}))
+            continue
+        long = result.duration > 60
+        click.echo(f"{record_base(record)}: {len(waveform.names)} lead(s) {', '.join(waveform.names)}, "
+                   f"{waveform.fs:g} Hz, {clock(result.duration, long)}")
+        click.echo(f"  triage      {result.level.upper()}")
+        click.echo(f"  rhythm      {rhythm_concept(result.rhythm)['text']}")
+        rr = result.rr
+        if rr is not None and rr.rate_mean is not None:
+            click.echo(f"  heart rate  mean {rr.rate_mean:.0f}/min, min {rr.rate_min:.0f}/min, "
+                       f"max {rr.rate_max:.0f}/min (min/max beat to beat)")
+        click.echo(f"  beats       {result.beats.size}")
+        if result.qrs_width is not None:
+            click.echo(f"  QRS width   {1000 * result.qrs_width:.0f} ms (median estimate)")
+        worst = result.worst
+        when = f" at {clock(worst.start, long)}" if worst.start is not None else ""
+        click.echo(f"  worst       {worst.reason}{when}")
+        click.echo("  reasons")
+        for finding in result.findings:
+            click.echo(f"    [{finding.level}] {finding.reason}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
 def migrate() -> None:
     """Create or upgrade the database schema, then exit."""
     asyncio.run(_migrate(Settings()))

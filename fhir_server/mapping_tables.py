@@ -1,29 +1,32 @@
-"""The declarative mapping tables in the repository's `mappings/` folder (DICOM -> FHIR, ECG formats).
+"""Where the declarative tables of `mappings/` are read from, and reading them.
 
-A source checkout or editable install reads them beside the package; an installed server (the Docker
-image) reads FHIR_MAPPINGS_DIR or ./mappings."""
+The tables are data beside the code, not inside the package: a source checkout has them at the
+repository root, the Docker image copies them to /srv/mappings (its working directory), and
+FHIR_MAPPINGS_DIR points anywhere else."""
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import orjson
+_CHECKOUT = Path(__file__).resolve().parent.parent / "mappings"
 
 
 def mappings_dir() -> Path:
     configured = os.environ.get("FHIR_MAPPINGS_DIR")
     if configured:
         return Path(configured)
-    beside = Path(__file__).resolve().parent.parent / "mappings"
-    return beside if beside.is_dir() else Path("mappings").resolve()
+    return _CHECKOUT if _CHECKOUT.is_dir() else Path.cwd() / "mappings"
 
 
 @cache
-def load_table(name: str) -> Any:
+def load_table(name: str) -> dict[str, Any]:
+    """A JSON table under mappings/, e.g. load_table("ecg/leads.json")."""
     path = mappings_dir() / name
-    if not path.is_file():
-        raise FileNotFoundError(f"mapping table {path} is missing (set FHIR_MAPPINGS_DIR)")
-    return orjson.loads(path.read_bytes())
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise RuntimeError(f"mapping table {path} is missing (set FHIR_MAPPINGS_DIR to the mappings folder)") from exc

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # at least this often), and at once when the sending association ends.
     dicom_flush_quiet_s: float = 0.5
     dicom_flush_max_delay_s: float = 2.0
+    # Organization reference of the county ECG centre that critical ECG referrals (ServiceRequest) go to.
+    ecg_referral_organization: str = ""
 
     @cached_property
     def effective_database_url(self) -> str:

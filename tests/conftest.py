@@ -88,9 +88,12 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+ECG_CENTRE = "Organization/county-ecg-centre"
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def server(request) -> Iterator[RunningServer]:
-    env = {"FHIR_DATABASE_URL": ""}
+    env = {"FHIR_DATABASE_URL": "", "FHIR_ECG_REFERRAL_ORGANIZATION": ECG_CENTRE}
     if request.param == "postgresql":
         env["FHIR_DATABASE_URL"] = request.getfixturevalue("postgres_url")
     running = start_server(env)

@@ -12,16 +12,18 @@ from ..search.registry import Registry
 _TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                       "search-type"]
 _COMMON_PARAMS = [("_id", "token"), ("_lastUpdated", "date"), ("_text", "string"), ("_content", "string")]
+# operations per resource type: (name, path of its OperationDefinition on this server)
+_OPERATIONS = {"Observation": [("ecg-triage", "OperationDefinition/ecg-triage")]}
 
 
-def _resource(rt: str, registry: Registry) -> dict[str, Any]:
+def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
     params = registry.params(rt)
     references = sorted(p.code for p in params.values() if p.type == "reference")
     search_params = [{"name": code, "type": kind} for code, kind in _COMMON_PARAMS]
     search_params += [{"name": p.code, "definition": p.url, "type": p.type} for p in
                       sorted(params.values(), key=lambda p: p.code)
                       if p.code not in ("_id", "_lastUpdated") and p.type != "special"]
-    return {
+    resource = {
         "type": rt,
         "interaction": [{"code": code} for code in _TYPE_INTERACTIONS],
         "versioning": "versioned-update",
@@ -35,10 +37,13 @@ def _resource(rt: str, registry: Registry) -> dict[str, Any]:
         "searchRevInclude": ["*"],
         "searchParam": search_params,
     }
+    if rt in _OPERATIONS:
+        resource["operation"] = [{"name": name, "definition": f"{base}/{path}"} for name, path in _OPERATIONS[rt]]
+    return resource
 
 
 def capability_statement(base: str, backend: str, registry: Registry) -> dict[str, Any]:
-    resources = [_resource(rt, registry) for rt in sorted(RESOURCE_TYPES)]
+    resources = [_resource(rt, registry, base) for rt in sorted(RESOURCE_TYPES)]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -1,0 +1,1 @@
+"""ECG waveforms (FHIR SampledData, WFDB, DICOM), signal processing and triage."""
