@@ -19,6 +19,7 @@ from .imaging_study import build_imaging_study
 from .index import DicomIndex
 from .instance import OUT_OF_RESOURCES, ParsedInstance, Rejected, parse_instance
 from .mapping import DicomMapping
+from .waveforms import ECG_SOP_CLASSES, triage_new_ecgs
 
 log = logging.getLogger("fhir_server.dicom")
 
@@ -125,31 +126,36 @@ class DicomIngest:
         return {"reference": f"Endpoint/{created.version.id}"}
 
     async def flush(self, study_uid: str) -> str | None:
-        """Write the study's ImagingStudy as its instances now stand (one version, only if it changed).
-        Returns the ImagingStudy id, or None when the study has no instances."""
+        """Write the study's ImagingStudy as its instances now stand (one version, only if it changed),
+        then hand new ECG waveforms to triage. Returns the ImagingStudy id, or None for no instances."""
         started = time.perf_counter()
+        written = None
         async with self.service.transaction() as tx:
             await tx.lock(f"dicom-study:{study_uid}")
             instances = await self.index.study_instances(tx.conn, study_uid)
             if not instances:
                 return None
             first = instances[0]
+            subject = await self._subject(tx, first, study_uid)
             study = build_imaging_study(
-                study_uid, instances, subject=await self._subject(tx, first, study_uid),
-                based_on=await self._orders(tx, first["accession"]), endpoint=await self._endpoint(tx))
+                study_uid, instances, subject=subject, based_on=await self._orders(tx, first["accession"]),
+                endpoint=await self._endpoint(tx))
             criteria = f"identifier={token('urn:dicom:uid', f'urn:oid:{study_uid}')}"
             matches = await self.service.match(tx, "ImagingStudy", criteria, lock=True)
             if matches:
-                current = matches[0]
-                if _same(orjson.loads(current.content), study):
-                    return current.id
-                result = await self.service.update("ImagingStudy", current.id, {**study, "id": current.id}, tx=tx)
+                study_id = matches[0].id
+                if not _same(orjson.loads(matches[0].content), study):
+                    written = await self.service.update("ImagingStudy", study_id, {**study, "id": study_id}, tx=tx)
             else:
-                result = await self.service.create("ImagingStudy", study, tx=tx)
-        log.info("imaging study written", extra={
-            "study_uid": study_uid, "imaging_study": result.version.id, "version": result.version.version_id,
-            "instances": len(instances), "ms": round((time.perf_counter() - started) * 1000, 1)})
-        return result.version.id
+                written = await self.service.create("ImagingStudy", study, tx=tx)
+                study_id = written.version.id
+        if written is not None:
+            log.info("imaging study written", extra={
+                "study_uid": study_uid, "imaging_study": study_id, "version": written.version.version_id,
+                "instances": len(instances), "ms": round((time.perf_counter() - started) * 1000, 1)})
+        if any(row["sop_class_uid"] in ECG_SOP_CLASSES for row in instances):
+            await triage_new_ecgs(self, instances, subject, study_id)
+        return study_id
 
 
 class StudyFlusher:
