@@ -142,7 +142,17 @@ def parse_instance(raw: bytes, *, context_sop_class: str | None = None) -> Parse
 def dicom_json(ds: Dataset) -> dict[str, Any]:
     """The dataset as DICOM JSON (PS3.18 F.2) with bulk data (pixels, waveforms) left out as BulkDataURIs
     relative to the instance; DICOMweb turns them into absolute URLs."""
-    def bulk(element) -> str:
-        return f"bulkdata/{element.tag:08X}"
+    document = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda element: "")
+    _bulk_data_paths(document, "bulkdata/")
+    return document
 
-    return ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=bulk)
+
+def _bulk_data_paths(document: dict[str, Any], prefix: str) -> None:
+    """Name each bulk data element by its path (tag/item/tag...): a waveform nested in a sequence is not
+    the top-level element with the same tag."""
+    for tag, attribute in document.items():
+        if "BulkDataURI" in attribute:
+            attribute["BulkDataURI"] = f"{prefix}{tag}"
+        elif attribute.get("vr") == "SQ":
+            for number, item in enumerate(attribute.get("Value", [])):
+                _bulk_data_paths(item, f"{prefix}{tag}/{number}/")
