@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     # at least this often), and at once when the sending association ends.
     dicom_flush_quiet_s: float = 0.5
     dicom_flush_max_delay_s: float = 2.0
+    # DICOMweb: a STOW-RS upload carries whole studies, far more than any FHIR resource; it is held in memory.
+    dicomweb_max_body_bytes: int = 512 * 1024 * 1024
+    # Most QIDO-RS matches in one answer (a Warning header says when more matched).
+    dicomweb_max_results: int = 1000
+    # Browser origins (a web viewer such as OHIF) allowed to call /dicomweb: "*", or a comma-separated list;
+    # empty sends no CORS headers. The FHIR API is not affected.
+    dicomweb_cors_origins: str = "*"
 
     @cached_property
     def effective_database_url(self) -> str:
