@@ -11,9 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import __version__
+from .dicom.ingest import DicomIngest
+from .dicom.urls import PREFIX as DICOMWEB
+from .dicom.web import router as dicomweb_router
 from .logs import configure_logging
 from .rest.errors import install_error_handlers
-from .rest.middleware import RequestContextMiddleware
+from .rest.middleware import PathCorsMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
 from .rest.routes import router
 from .service import ResourceService
@@ -36,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.service = ResourceService(store, settings)
         await app.state.service.start()
+        app.state.dicom = DicomIngest(app.state.service)  # STOW-RS stores through the SCP's ingest path
         log.info("ready", extra={"backend": store.backend})
         try:
             yield
@@ -65,6 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.include_router(operations_router)  # before the generic /{type}/{id} routes that would take $operations
+    app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
     app.include_router(router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
+                       path_limits={DICOMWEB: settings.dicomweb_max_body_bytes})
+    origins = [o.strip() for o in settings.dicomweb_cors_origins.split(",") if o.strip()]
+    if origins:  # outermost, so that refusals (413) carry the headers a browser needs to read them
+        app.add_middleware(PathCorsMiddleware, prefix=DICOMWEB, origins=origins)
     return app

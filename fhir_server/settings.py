@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     dicom_flush_max_delay_s: float = 2.0
     # Organization reference of the county ECG centre that critical ECG referrals (ServiceRequest) go to.
     ecg_referral_organization: str = ""
+    # DICOMweb: a STOW-RS upload carries whole studies, far more than any FHIR resource; it is held in memory.
+    dicomweb_max_body_bytes: int = 512 * 1024 * 1024
+    # Most QIDO-RS matches in one answer (a Warning header says when more matched).
+    dicomweb_max_results: int = 1000
+    # Browser origins (a web viewer such as OHIF) allowed to call /dicomweb: "*", or a comma-separated list;
+    # empty sends no CORS headers. The FHIR API is not affected.
+    dicomweb_cors_origins: str = "*"
 
     @cached_property
     def effective_database_url(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -37,3 +38,16 @@ def storescu(port: int, *files: Path, ae_title: str = "ALLIANCE", extra: tuple[s
     """Send files with dcmtk's storescu (one association); returns the CompletedProcess."""
     return subprocess.run(["storescu", "-aet", "CLINIC01", "-aec", ae_title, *extra, "127.0.0.1", str(port),
                            *map(str, files)], capture_output=True, text=True, timeout=120)
+
+
+def wait_for_study(client, study_uid: str, *, instances: int | None = None, timeout: float = 10.0) -> dict:
+    """The ImagingStudy of a study once it is searchable (and has `instances` instances, if given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        bundle = client.get("/ImagingStudy", params={"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"}).json()
+        for entry in bundle.get("entry", []):
+            if instances is None or entry["resource"]["numberOfInstances"] == instances:
+                return entry["resource"]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"ImagingStudy for {study_uid} not searchable: {bundle}")
+        time.sleep(0.1)

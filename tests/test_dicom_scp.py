@@ -10,25 +10,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dicom_data import pydicom_file, storescu, variant
+from dicom_data import pydicom_file, storescu, variant, wait_for_study
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")
-
-
-def wait_for_study(client, study_uid: str, *, instances: int | None = None, timeout: float = 10.0) -> dict:
-    """The ImagingStudy of a study once it is searchable (and has `instances` instances, if given)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        bundle = client.get("/ImagingStudy", params={"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"}).json()
-        for entry in bundle.get("entry", []):
-            if instances is None or entry["resource"]["numberOfInstances"] == instances:
-                return entry["resource"]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"ImagingStudy for {study_uid} not searchable: {bundle}")
-        time.sleep(0.1)
 
 
 def send(server, dataset_or_path, *, contexts=(CTImageStorage, MRImageStorage)) -> int:

@@ -53,9 +53,9 @@ def _condition(keyword: str, value: Any):
         except (TypeError, ValueError) as exc:
             raise QueryError(f"{keyword} must be an integer, not {value!r}") from exc
     value = str(value).strip()
-    if keyword in UID_KEYS:
-        uids = [u.strip() for u in value.replace(",", "\\").split("\\") if u.strip()]
-        return column.in_(uids)
+    if keyword in UID_KEYS or keyword == "ModalitiesInStudy":  # a list matches any of its values
+        values = [v.strip() for v in value.replace(",", "\\").split("\\") if v.strip()]
+        return column.in_(values)
     if keyword in RANGE_KEYS and "-" in value:
         low, _, high = (part.replace(":", "").strip() for part in value.partition("-"))
         if not low and not high:
@@ -128,6 +128,15 @@ class DicomIndex:
         query = query.order_by(T.c.series_number, T.c.series_uid, T.c.instance_number, T.c.pk)
         async with self.store.read_engine.connect() as conn:
             return [dict(row._mapping) for row in await conn.execute(query)]
+
+    async def documents(self, level: str, uids: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored DICOM JSON of one instance of each study, series or instance (by level), for the
+        attributes the index has no column for."""
+        column = T.c[LEVELS[level][0]]
+        first = select(func.min(T.c.pk)).where(column.in_(uids)).group_by(column)
+        async with self.store.read_engine.connect() as conn:
+            rows = await conn.execute(select(column, T.c.dicom_json).where(T.c.pk.in_(first)))
+            return {uid: orjson.loads(document) for uid, document in rows}
 
     async def find(self, level: str, filters: dict[str, Any], *, limit: int | None = None,
                    offset: int = 0) -> list[dict[str, Any]]:

@@ -60,10 +60,11 @@ class DicomIngest:
 
     # ---- instances ----
 
-    async def store(self, raw: bytes, *, context_sop_class: str | None = None) -> Stored:
-        """Keep one instance. Raises Rejected (with the DICOM status) when it is refused; a duplicate
-        SOP Instance UID is accepted and changes nothing."""
-        instance = await asyncio.to_thread(parse_instance, raw, context_sop_class=context_sop_class)
+    async def store(self, raw: bytes, *, context_sop_class: str | None = None, study_uid: str | None = None) -> Stored:
+        """Keep one instance (of study `study_uid`, when given). Raises Rejected (with the DICOM status) when
+        it is refused; a duplicate SOP Instance UID is accepted and changes nothing."""
+        instance = await asyncio.to_thread(parse_instance, raw, context_sop_class=context_sop_class,
+                                           study_uid=study_uid)
         stored = Stored(instance.study_uid, instance.series_uid, instance.sop_uid, instance.sop_class_uid,
                         duplicate=False, instance=instance)
         if await self.index.get(instance.sop_uid) is not None:

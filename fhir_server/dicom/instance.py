@@ -19,6 +19,8 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+# STOW-RS to a study, given an instance of another: a Cxxx "cannot understand" code, as dcm4chee-arc uses.
+STUDY_UID_MISMATCH = 0xC409
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _UNDEFINED = 0xFFFFFFFF
@@ -97,8 +99,10 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def parse_instance(raw: bytes, *, context_sop_class: str | None = None) -> ParsedInstance:
-    """Parse a Part 10 file (preamble and file meta included); raise Rejected when it is unusable."""
+def parse_instance(raw: bytes, *, context_sop_class: str | None = None,
+                   study_uid: str | None = None) -> ParsedInstance:
+    """Parse a Part 10 file (preamble and file meta included); raise Rejected when it is unusable or,
+    given `study_uid`, belongs to another study."""
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=True)
     except Exception as exc:  # pydicom raises many types for garbage input
@@ -117,6 +121,9 @@ def parse_instance(raw: bytes, *, context_sop_class: str | None = None) -> Parse
         raise
     except Exception as exc:  # a value pydicom cannot decode
         raise Rejected(CANNOT_UNDERSTAND, f"Cannot decode the dataset: {exc}") from exc
+    if study_uid is not None and instance.study_uid != study_uid:
+        raise Rejected(STUDY_UID_MISMATCH,
+                       f"Study Instance UID {instance.study_uid} differs from the requested study {study_uid}")
     if context_sop_class and context_sop_class != sop_class:
         raise Rejected(DATASET_DOES_NOT_MATCH_SOP_CLASS,
                        f"SOP Class UID {sop_class} differs from the association's {context_sop_class}")
@@ -142,7 +149,17 @@ def parse_instance(raw: bytes, *, context_sop_class: str | None = None) -> Parse
 def dicom_json(ds: Dataset) -> dict[str, Any]:
     """The dataset as DICOM JSON (PS3.18 F.2) with bulk data (pixels, waveforms) left out as BulkDataURIs
     relative to the instance; DICOMweb turns them into absolute URLs."""
-    def bulk(element) -> str:
-        return f"bulkdata/{element.tag:08X}"
+    document = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda element: "")
+    _bulk_data_paths(document, "bulkdata/")
+    return document
 
-    return ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=bulk)
+
+def _bulk_data_paths(document: dict[str, Any], prefix: str) -> None:
+    """Name each bulk data element by its path (tag/item/tag...): a waveform nested in a sequence is not
+    the top-level element with the same tag."""
+    for tag, attribute in document.items():
+        if "BulkDataURI" in attribute:
+            attribute["BulkDataURI"] = f"{prefix}{tag}"
+        elif attribute.get("vr") == "SQ":
+            for number, item in enumerate(attribute.get("Value", [])):
+                _bulk_data_paths(item, f"{prefix}{tag}/{number}/")

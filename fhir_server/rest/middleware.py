@@ -7,6 +7,7 @@ import time
 import uuid
 
 import orjson
+from starlette.middleware.cors import CORSMiddleware
 
 from ..logs import request_id
 from ..model.outcome import Issue, operation_outcome
@@ -14,12 +15,23 @@ from ..model.outcome import Issue, operation_outcome
 access_log = logging.getLogger("fhir_server.access")
 
 
+def under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
 class RequestContextMiddleware:
     """Gives every request an id (X-Request-ID in, or a new one), echoes it, logs one access line."""
 
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app, max_body_bytes: int, path_limits: dict[str, int] | None = None):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.path_limits = path_limits or {}  # path prefix -> its own body limit (DICOM uploads)
+
+    def body_limit(self, path: str) -> int:
+        for prefix, limit in self.path_limits.items():
+            if under(path, prefix):
+                return limit
+        return self.max_body_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -45,8 +57,9 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                await self._too_large(send_with_id)
+            limit = self.body_limit(scope["path"])
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                await self._too_large(send_with_id, limit)
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
@@ -55,10 +68,25 @@ class RequestContextMiddleware:
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
             request_id.reset(token)
 
-    async def _too_large(self, send) -> None:
-        body = orjson.dumps(operation_outcome([Issue(
-            "too-costly", f"Request body exceeds the limit of {self.max_body_bytes} bytes")]))
+    async def _too_large(self, send, limit: int) -> None:
+        body = orjson.dumps(operation_outcome([Issue("too-costly",
+                                                     f"Request body exceeds the limit of {limit} bytes")]))
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/fhir+json; charset=utf-8"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class PathCorsMiddleware:
+    """CORS for one path prefix only (a browser DICOM viewer on /dicomweb); other paths pass untouched."""
+
+    def __init__(self, app, prefix: str, origins: list[str]):
+        self.app = app
+        self.prefix = prefix
+        self.cors = CORSMiddleware(app, allow_origins=origins, allow_methods=["GET", "POST", "OPTIONS"],
+                                   allow_headers=["*"], expose_headers=["Warning", "X-Request-ID"], max_age=3600)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and under(scope["path"], self.prefix):
+            return await self.cors(scope, receive, send)
+        return await self.app(scope, receive, send)
