@@ -8,10 +8,9 @@ import time
 
 import pydicom
 import pytest
-from dicom_data import pydicom_file, storescu
+from dicom_data import pydicom_file, storescu, wait_for_study
 from ecg_signals import synthesise
 from pydicom.uid import generate_uid
-from test_dicom_scp import wait_for_study
 
 from fhir_server.ecg.dicom_waveform import dataset_from_waveform
 
