@@ -29,6 +29,7 @@ from ..settings import Settings
 from ..store import open_store
 from .ingest import DicomIngest, StudyFlusher
 from .instance import OUT_OF_RESOURCES, Rejected
+from .status import status
 
 log = logging.getLogger("fhir_server.dicom")
 
@@ -36,14 +37,6 @@ _UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplici
 # pynetdicom accepts the first of *its* syntaxes that the sender proposes: compressed ones first, so a
 # JPEG or JPEG 2000 image is kept as the device made it instead of being decompressed by the sender.
 ACCEPTED_TRANSFER_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED] + _UNCOMPRESSED
-
-
-def status(code: int, comment: str | None = None) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]
-    return ds
 
 
 class DicomBridge:
