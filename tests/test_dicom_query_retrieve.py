@@ -8,6 +8,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -663,3 +664,12 @@ def test_refused_move(dicom_server, archive, peers, keys, comment):
     assert peers.viewer.received() == {}
     assert any('"dicom retrieve refused"' in line for line in dicom_server.log_lines())
 
+
+# ---- configuration ----
+
+def test_malformed_peer_table_stops_the_start(tmp_path):
+    exe = Path(sys.executable).parent / "fhir-server"
+    run = subprocess.run([str(exe), "dicom", "--port", "0", "--data-dir", str(tmp_path)],
+                         env={"FHIR_DICOM_PEERS": "VIEWER"}, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "FHIR_DICOM_PEERS entry 'VIEWER' is not AE=host:port" in run.stderr
