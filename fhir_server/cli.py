@@ -39,6 +39,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, workers: in
         if value is not None:
             os.environ[key] = str(value.resolve() if isinstance(value, Path) else value)
     settings = Settings()
+    if settings.dicom_port:
+        _check_dicom_peers(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(_migrate(settings))  # once, before workers start
     base = settings.public_base_url
@@ -70,7 +72,13 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, workers: in
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 def dicom(host: str | None, port: int | None, ae_title: str | None, data_dir: Path | None,
           parent_pid: int | None) -> None:
-    """Run the DICOM SCP alone (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)."""
+    """Run the DICOM SCP alone (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET).
+
+    \b
+    C-FIND, C-MOVE and C-GET serve the Patient Root and Study Root
+    Query/Retrieve models. C-MOVE sends only to the peers named in
+    FHIR_DICOM_PEERS ("AE1=host:port,AE2=host:port"); C-GET sends back
+    over the requesting association."""
     from .dicom.scp import run
     from .logs import configure_logging
 
@@ -79,9 +87,18 @@ def dicom(host: str | None, port: int | None, ae_title: str | None, data_dir: Pa
         if value is not None:
             os.environ[key] = str(value.resolve() if isinstance(value, Path) else value)
     settings = Settings()
+    _check_dicom_peers(settings)
     configure_logging(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     run(settings, parent_pid=parent_pid)
+
+
+def _check_dicom_peers(settings: Settings) -> None:
+    """A mistyped FHIR_DICOM_PEERS stops the start, rather than failing the first C-MOVE."""
+    try:
+        _ = settings.dicom_peer_table
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 async def _migrate(settings: Settings) -> None:

@@ -33,6 +33,7 @@ class RunningServer:
         self.data_dir = data_dir
         self.dicom_port = dicom_port
         self.ae_title = "ALLIANCE"
+        self.database_url = ""  # empty: the SQLite file in data_dir
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text().splitlines()
@@ -119,12 +120,20 @@ def fresh_server(request) -> Iterator[RunningServer]:
     stop_server(running)
 
 
+@pytest.fixture(scope="module")
+def dicom_server_env() -> dict[str, str]:
+    """Extra environment for the module's dicom_server; a test module overrides it (FHIR_DICOM_PEERS, say)."""
+    return {}
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
-def dicom_server(request) -> Iterator[RunningServer]:
+def dicom_server(request, dicom_server_env: dict[str, str]) -> Iterator[RunningServer]:
     """A server with an empty store and its DICOM SCP on a port of its own (FHIR_DICOM_PORT)."""
     port = free_port()
-    running = start_server({**_fresh_database_env(request), "FHIR_DICOM_PORT": str(port)})
+    database = _fresh_database_env(request)
+    running = start_server({**database, **dicom_server_env, "FHIR_DICOM_PORT": str(port)})
     running.dicom_port = port
+    running.database_url = database["FHIR_DATABASE_URL"]
     deadline = time.monotonic() + 30
     while True:  # the SCP is a process of its own: wait until it accepts connections
         try:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.dsutils import split_dataset
 
 
 def pydicom_file(name: str) -> Path:
@@ -51,3 +53,25 @@ def wait_for_study(client, study_uid: str, *, instances: int | None = None, time
         if time.monotonic() > deadline:
             raise AssertionError(f"ImagingStudy for {study_uid} not searchable: {bundle}")
         time.sleep(0.1)
+
+
+def send_unchanged(port: int, *files: Path, ae_title: str = "ALLIANCE") -> list[int]:
+    """C-STORE files over one pynetdicom association, each as its raw bytes in its own transfer syntax
+    (STORE_SEND_CHUNKED_DATASET), so the SCP keeps exactly those bytes; returns the statuses."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="CLINIC02")
+    heads = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+    for sop_class, syntax in dict.fromkeys((h.SOPClassUID, h.file_meta.TransferSyntaxUID) for h in heads):
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    assert assoc.is_established, "the SCP refused the association"
+    try:
+        return [int(assoc.send_c_store(path).Status) for path in files]
+    finally:
+        assoc.release()
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """A Part 10 file's dataset as encoded, without the preamble and file meta information."""
+    _, offset = split_dataset(path)
+    return path.read_bytes()[offset:]

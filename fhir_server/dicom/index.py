@@ -4,6 +4,7 @@ range and universal matching)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,10 @@ INSTANCE_KEYS = {**SERIES_KEYS, "SOPInstanceUID": T.c.sop_uid, "SOPClassUID": T.
 MATCHABLE = {**STUDY_KEYS, **INSTANCE_KEYS, "ModalitiesInStudy": T.c.modality}
 UID_KEYS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
 RANGE_KEYS = {"StudyDate", "StudyTime", "PatientBirthDate"}
+MULTI_VALUED_KEYS = {"ModalitiesInStudy"}  # a value list matches any one of its values
+# Range bounds: DA is YYYYMMDD; TM is HH[MM[SS[.F{1,6}]]] (colons of the old ACR-NEMA form removed first).
+_BOUND = {"StudyDate": re.compile(r"^\d{8}$"), "PatientBirthDate": re.compile(r"^\d{8}$"),
+          "StudyTime": re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")}
 LEVELS = {"PATIENT": ("patient_id", PATIENT_KEYS), "STUDY": ("study_uid", STUDY_KEYS),
           "SERIES": ("series_uid", SERIES_KEYS), "IMAGE": ("sop_uid", INSTANCE_KEYS)}
 
@@ -53,13 +58,17 @@ def _condition(keyword: str, value: Any):
         except (TypeError, ValueError) as exc:
             raise QueryError(f"{keyword} must be an integer, not {value!r}") from exc
     value = str(value).strip()
-    if keyword in UID_KEYS or keyword == "ModalitiesInStudy":  # a list matches any of its values
-        values = [v.strip() for v in value.replace(",", "\\").split("\\") if v.strip()]
-        return column.in_(values)
+    if keyword in UID_KEYS:
+        uids = [u.strip() for u in value.replace(",", "\\").split("\\") if u.strip()]
+        return column.in_(uids)
+    if keyword in MULTI_VALUED_KEYS and ("\\" in value or "," in value):  # QIDO-RS lists use commas
+        return column.in_([v.strip() for v in value.replace(",", "\\").split("\\") if v.strip()])
     if keyword in RANGE_KEYS and "-" in value:
         low, _, high = (part.replace(":", "").strip() for part in value.partition("-"))
         if not low and not high:
             raise QueryError(f"{keyword} range {value!r} has no bounds")
+        if any(bound and not _BOUND[keyword].match(bound) for bound in (low, high)):
+            raise QueryError(f"{keyword} range {value!r} has a malformed bound")
         parts = []
         if low:
             parts.append(column >= low)

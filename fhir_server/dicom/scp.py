@@ -1,5 +1,6 @@
 """The DICOM SCP: a pynetdicom Application Entity that answers C-ECHO and C-STORE (every storage
-SOP class, the common transfer syntaxes) and hands instances to the ingest path.
+SOP class, the common transfer syntaxes) and hands instances to the ingest path, and answers
+C-FIND, C-MOVE and C-GET from what it has stored (query_retrieve.py).
 
 It runs as its own process (`fhir-server dicom`, or started by `fhir-server serve`) so that any
 number of HTTP workers share one DICOM port. pynetdicom calls handlers on association threads;
@@ -29,6 +30,8 @@ from ..settings import Settings
 from ..store import open_store
 from .ingest import DicomIngest, StudyFlusher
 from .instance import OUT_OF_RESOURCES, Rejected
+from .query_retrieve import QUERY_RETRIEVE_SOP_CLASSES, QueryRetrieve
+from .status import status
 
 log = logging.getLogger("fhir_server.dicom")
 
@@ -36,14 +39,6 @@ _UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplici
 # pynetdicom accepts the first of *its* syntaxes that the sender proposes: compressed ones first, so a
 # JPEG or JPEG 2000 image is kept as the device made it instead of being decompressed by the sender.
 ACCEPTED_TRANSFER_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED] + _UNCOMPRESSED
-
-
-def status(code: int, comment: str | None = None) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]
-    return ds
 
 
 class DicomBridge:
@@ -65,6 +60,7 @@ class DicomBridge:
         self.flusher = StudyFlusher(self.ingest, self.settings.dicom_flush_quiet_s,
                                     self.settings.dicom_flush_max_delay_s)
         self.flusher.start()
+        self.query_retrieve = QueryRetrieve(self.settings, self.ingest.index, self.ingest.blobs, self.call)
         self.ae = self.build_ae()
         host = self.settings.dicom_host or self.settings.host
         self.server = self.ae.start_server((host, self.settings.dicom_port), block=False,
@@ -84,11 +80,18 @@ class DicomBridge:
         ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA PDUs for big images
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+            # Both roles: a C-GET requestor proposes to be the storage SCP, so that we store to it.
+            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES, scu_role=True,
+                                     scp_role=True)
+        for sop_class in QUERY_RETRIEVE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, _UNCOMPRESSED)
+        ae.connection_timeout = 15  # a C-MOVE destination that does not answer fails the move, not hangs it
         return ae
 
     def handlers(self) -> list[tuple[Any, Any]]:
+        qr = self.query_retrieve
         return [(evt.EVT_C_ECHO, self.on_echo), (evt.EVT_C_STORE, self.on_store),
+                (evt.EVT_C_FIND, qr.on_find), (evt.EVT_C_MOVE, qr.on_move), (evt.EVT_C_GET, qr.on_get),
                 (evt.EVT_RELEASED, self.on_association_end), (evt.EVT_ABORTED, self.on_association_end)]
 
     def call(self, coro: Coroutine) -> Any:
