@@ -596,7 +596,7 @@ class Server:
                     if not isinstance(entry, dict):
                         raise ValueError
                 except ValueError:
-                    if line.startswith("FHIR server (") or not line.strip():  # the start-up banner
+                    if line.startswith(("FHIR server (", "DICOM SCP ")) or not line.strip():  # start-up banners
                         continue
                     other += 1
                     if len(other_samples) < 10:
