@@ -407,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     if set(backends) - {"sqlite", "postgresql"}:
         parser.error(f"unknown backend(s) in {args.backend!r}")
+    if not 0 < args.studies <= args.instances:
+        parser.error("--studies must be between 1 and --instances")
     if shutil.which("storescu") is None:
         parser.error("storescu not found: install dcmtk")
     use_orthanc = not args.no_orthanc
@@ -487,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             f" {args.associations} associations at once; server: {args.workers} HTTP workers, default flush"
             f" settings; load average now {load_average()} ({os.cpu_count()} cores)")
         for name, s in summaries.items():
-            delay = (f"searchable p50 {s['delay_p50_ms']:6.0f} ms  max {s['delay_max_ms']:6.0f} ms"
+            delay = (f"searchable p50 {s['delay_p50_ms']:6.0f} ms  max of all rounds {s['delay_max_ms']:6.0f} ms"
                      if s["delay_p50_ms"] is not None else "never searchable")
             scp = f" (scp {s['cpu']['scp']:.2f})" if name != "orthanc" else ""
             out(f"  {name:<18} {s['rate']:7.1f} inst/s  {delay}  cpu target {s['cpu']['server']:.2f}{scp}"
