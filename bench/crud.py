@@ -45,6 +45,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -503,8 +504,9 @@ def listening_pids(port: int, candidates: set[int] | None = None) -> list[int]:
 
 
 class Server:
-    def __init__(self, workdir: Path, workers: int, env_extra: dict[str, str]):
+    def __init__(self, workdir: Path, workers: int, env_extra: dict[str, str], dicom_port: int = 0):
         self.port = free_port()
+        self.dicom_port = dicom_port  # 0: no DICOM SCP, so HTTP benches neither hold port 11112 nor pay for an SCP
         self.data_dir = workdir / "data"
         self.log_path = workdir / "server.log"
         beside = Path(sys.executable).parent / "fhir-server"
@@ -515,7 +517,7 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [*command, "serve", "--host", HOST, "--port", str(self.port), "--data-dir", str(self.data_dir),
-                 "--workers", str(workers)],
+                 "--workers", str(workers), "--dicom-port", str(dicom_port)],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         self.workers = workers
 
@@ -545,6 +547,19 @@ class Server:
         until = time.monotonic() + 15
         while time.monotonic() < until and self.ready_workers() < self.workers:
             time.sleep(0.1)
+        while self.dicom_port:  # the SCP is a process of its own: ready when it accepts connections
+            try:
+                socket.create_connection((HOST, self.dicom_port), timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("DICOM SCP did not start; last log lines:\n" + self.log_tail()) from None
+                time.sleep(0.1)
+
+    def dicom_pid(self) -> int | None:
+        """The SCP process (`fhir-server dicom`, a child of `serve`), or None."""
+        holders = listening_pids(self.dicom_port, process_tree(self.process.pid)) if self.dicom_port else []
+        return holders[0] if holders else None
 
     def ready_workers(self) -> int:
         count = 0
@@ -581,7 +596,7 @@ class Server:
                     if not isinstance(entry, dict):
                         raise ValueError
                 except ValueError:
-                    if line.startswith("FHIR server (") or not line.strip():  # the start-up banner
+                    if line.startswith(("FHIR server (", "DICOM SCP ")) or not line.strip():  # start-up banners
                         continue
                     other += 1
                     if len(other_samples) < 10:

@@ -9,6 +9,7 @@ they wait on the process's asyncio loop, where the store and resource service li
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 
 from ..service import ResourceService
@@ -39,6 +41,30 @@ _UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplici
 # pynetdicom accepts the first of *its* syntaxes that the sender proposes: compressed ones first, so a
 # JPEG or JPEG 2000 image is kept as the device made it instead of being decompressed by the sender.
 ACCEPTED_TRANSFER_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED] + _UNCOMPRESSED
+
+
+class SupportedContext(PresentationContext):
+    """A supported presentation context that is cheap to deep-copy.
+
+    pynetdicom deep-copies every supported context for each association it accepts: here 171 storage
+    contexts x 45 transfer syntax UIDs, some 50 ms of CPU under the GIL before the association can even
+    be negotiated. Transfer syntaxes are immutable strings, so a copy with a new list of the same UIDs
+    is as good as a deep copy; any other mutable attribute is still deep-copied."""
+
+    @classmethod
+    def of(cls, context: PresentationContext) -> SupportedContext:
+        clone = cls()
+        clone.__dict__.update(copy.deepcopy(vars(context)))
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SupportedContext:
+        clone = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, list) and all(isinstance(item, str) for item in value):
+                setattr(clone, name, list(value))
+            elif not isinstance(value, str | int | float | type(None)):
+                setattr(clone, name, copy.deepcopy(value, memo))
+        return clone
 
 
 class DicomBridge:
@@ -63,8 +89,9 @@ class DicomBridge:
         self.query_retrieve = QueryRetrieve(self.settings, self.ingest.index, self.ingest.blobs, self.call)
         self.ae = self.build_ae()
         host = self.settings.dicom_host or self.settings.host
+        contexts = [SupportedContext.of(cx) for cx in self.ae.supported_contexts]
         self.server = self.ae.start_server((host, self.settings.dicom_port), block=False,
-                                           evt_handlers=self.handlers())
+                                           evt_handlers=self.handlers(), contexts=contexts)
         log.info("dicom scp listening", extra={"ae_title": self.settings.dicom_ae_title, "host": host,
                                                "port": self.settings.dicom_port})
 
