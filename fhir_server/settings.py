@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # at least this often), and at once when the sending association ends.
     dicom_flush_quiet_s: float = 0.5
     dicom_flush_max_delay_s: float = 2.0
+    # Processes the SCP parses instances in (0: a thread of its own process). Parsing is most of an
+    # instance's CPU; in a process it runs beside pynetdicom instead of taking turns on one core.
+    dicom_parser_processes: int = 1
     # Organization reference of the county ECG centre that critical ECG referrals (ServiceRequest) go to.
     ecg_referral_organization: str = ""
     # DICOMweb: a STOW-RS upload carries whole studies, far more than any FHIR resource; it is held in memory.

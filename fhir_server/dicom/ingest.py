@@ -5,8 +5,11 @@ ImagingStudy (with its Patient and order) up to date through the resource servic
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +27,22 @@ from .waveforms import ECG_SOP_CLASSES, triage_new_ecgs
 log = logging.getLogger("fhir_server.dicom")
 
 ENDPOINT_IDENTIFIER = ("urn:alliance:endpoint", "dicomweb")
+
+
+def analyse(raw: bytes, context_sop_class: str | None, study_uid: str | None,
+            timezone: str) -> tuple[ParsedInstance, dict[str, Any]]:
+    """Parse and check an instance and apply the mapping table; what comes back is small (no pixel
+    data, no dataset) so that it can come from a parser process cheaply."""
+    instance = parse_instance(raw, context_sop_class=context_sop_class, study_uid=study_uid)
+    fragments = _mapping(timezone).fragments(instance.dataset)
+    instance.dataset = None
+    instance.raw = b""
+    return instance, fragments
+
+
+@functools.cache
+def _mapping(timezone: str) -> DicomMapping:
+    return DicomMapping(timezone)
 
 
 @dataclass
@@ -51,27 +70,39 @@ def _same(existing: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 class DicomIngest:
-    def __init__(self, service: ResourceService, blobs: BlobStore | None = None):
+    def __init__(self, service: ResourceService, blobs: BlobStore | None = None, *, parser_processes: int = 0):
         self.service = service
+        self.parsers = None
+        if parser_processes > 0:
+            # spawn, not fork: the parent runs threads (pynetdicom) and an event loop
+            self.parsers = ProcessPoolExecutor(parser_processes, mp_context=multiprocessing.get_context("spawn"))
         self.settings = service.settings
         self.blobs = blobs or FileBlobStore(self.settings.data_dir / "dicom")
         self.index = DicomIndex(service.store)
         self.mapping = DicomMapping(self.settings.dicom_timezone)
+
+    def close(self) -> None:
+        if self.parsers is not None:
+            self.parsers.shutdown(cancel_futures=True)
 
     # ---- instances ----
 
     async def store(self, raw: bytes, *, context_sop_class: str | None = None, study_uid: str | None = None) -> Stored:
         """Keep one instance (of study `study_uid`, when given). Raises Rejected (with the DICOM status) when
         it is refused; a duplicate SOP Instance UID is accepted and changes nothing."""
-        instance = await asyncio.to_thread(parse_instance, raw, context_sop_class=context_sop_class,
-                                           study_uid=study_uid)
+        if self.parsers is not None:  # parsing is most of an instance's CPU: give it a core of its own
+            instance, fragments = await asyncio.get_running_loop().run_in_executor(
+                self.parsers, analyse, raw, context_sop_class, study_uid, self.mapping.timezone)
+        else:
+            instance, fragments = await asyncio.to_thread(analyse, raw, context_sop_class, study_uid,
+                                                          self.mapping.timezone)
+        instance.raw = raw
         stored = Stored(instance.study_uid, instance.series_uid, instance.sop_uid, instance.sop_class_uid,
                         duplicate=False, instance=instance)
         if await self.index.get(instance.sop_uid) is not None:
             stored.duplicate = True
             return stored
         key = instance_key(instance.study_uid, instance.series_uid, instance.sop_uid)
-        fragments = self.mapping.fragments(instance.dataset)
         try:
             await asyncio.to_thread(self.blobs.put, key, raw)
         except OSError as exc:

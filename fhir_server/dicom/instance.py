@@ -32,14 +32,18 @@ class Rejected(Exception):
     """The instance is refused: `status` is the DICOM status to answer, the message says why."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(message)
+        super().__init__(status, message)  # both in args, so it survives the trip from a parser process
         self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
 class ParsedInstance:
     raw: bytes
-    dataset: Dataset
+    dataset: Dataset | None  # None once parsed in a parser process: only what is needed comes back
     study_uid: str
     series_uid: str
     sop_uid: str

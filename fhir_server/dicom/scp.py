@@ -82,7 +82,7 @@ class DicomBridge:
         await self.store.migrate()
         self.service = ResourceService(self.store, self.settings)
         await self.service.start()
-        self.ingest = DicomIngest(self.service)
+        self.ingest = DicomIngest(self.service, parser_processes=self.settings.dicom_parser_processes)
         self.flusher = StudyFlusher(self.ingest, self.settings.dicom_flush_quiet_s,
                                     self.settings.dicom_flush_max_delay_s)
         self.flusher.start()
@@ -99,6 +99,7 @@ class DicomBridge:
         if self.server is not None:
             await asyncio.to_thread(self.server.shutdown)
         await self.flusher.stop()
+        self.ingest.close()
         await self.service.custom.wait()
         await self.store.close()
 
