@@ -3,7 +3,9 @@ FHIR search: ImagingStudy, its Patient and its order, on both backends."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -226,3 +228,30 @@ def test_compressed_transfer_syntax_is_kept(dicom_server, dicom_client, tmp_path
     wait_for_study(dicom_client, ds.StudyInstanceUID)
     [kept] = [f for f in stored_files(dicom_server) if f.name == f"{ds.SOPInstanceUID}.dcm"]
     assert pydicom.dcmread(kept).file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found += [int(c) for c in children]
+    return found
+
+
+def test_scp_survives_its_parser_process_dying(dicom_server, dicom_client, tmp_path):
+    """The parser process is killed (as the OOM killer would): the next instance is still stored."""
+    path, ds = variant("CT_small.dcm", tmp_path)
+    assert storescu(dicom_server.dicom_port, path).returncode == 0  # the pool has started its process
+    wait_for_study(dicom_client, ds.StudyInstanceUID)
+    [scp] = [c for c in _children(dicom_server.process.pid)
+             if b"dicom" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    parsers = [c for c in _children(scp) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert parsers, "the SCP runs no parser process"
+    for pid in parsers:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    again, ds2 = variant("CT_small.dcm", tmp_path)
+    run = storescu(dicom_server.dicom_port, again)
+    assert run.returncode == 0, run.stderr
+    wait_for_study(dicom_client, ds2.StudyInstanceUID)
+    assert any('"dicom parser process died; restarting it"' in line for line in dicom_server.log_lines())

@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -72,14 +73,17 @@ def _same(existing: dict[str, Any], new: dict[str, Any]) -> bool:
 class DicomIngest:
     def __init__(self, service: ResourceService, blobs: BlobStore | None = None, *, parser_processes: int = 0):
         self.service = service
-        self.parsers = None
-        if parser_processes > 0:
-            # spawn, not fork: the parent runs threads (pynetdicom) and an event loop
-            self.parsers = ProcessPoolExecutor(parser_processes, mp_context=multiprocessing.get_context("spawn"))
+        self._parser_processes = parser_processes
+        self.parsers = self._parser_pool(parser_processes) if parser_processes > 0 else None
         self.settings = service.settings
         self.blobs = blobs or FileBlobStore(self.settings.data_dir / "dicom")
         self.index = DicomIndex(service.store)
         self.mapping = DicomMapping(self.settings.dicom_timezone)
+
+    @staticmethod
+    def _parser_pool(processes: int) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent runs threads (pynetdicom) and an event loop
+        return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
 
     def close(self) -> None:
         if self.parsers is not None:
@@ -91,8 +95,14 @@ class DicomIngest:
         """Keep one instance (of study `study_uid`, when given). Raises Rejected (with the DICOM status) when
         it is refused; a duplicate SOP Instance UID is accepted and changes nothing."""
         if self.parsers is not None:  # parsing is most of an instance's CPU: give it a core of its own
-            instance, fragments = await asyncio.get_running_loop().run_in_executor(
-                self.parsers, analyse, raw, context_sop_class, study_uid, self.mapping.timezone)
+            args = (analyse, raw, context_sop_class, study_uid, self.mapping.timezone)
+            try:
+                instance, fragments = await asyncio.get_running_loop().run_in_executor(self.parsers, *args)
+            except BrokenProcessPool:  # a parser process died (killed, out of memory): start afresh, once
+                log.error("dicom parser process died; restarting it")
+                self.parsers.shutdown(wait=False)
+                self.parsers = self._parser_pool(self._parser_processes)
+                instance, fragments = await asyncio.get_running_loop().run_in_executor(self.parsers, *args)
         else:
             instance, fragments = await asyncio.to_thread(analyse, raw, context_sop_class, study_uid,
                                                           self.mapping.timezone)
