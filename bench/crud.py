@@ -610,7 +610,8 @@ class Server:
                     if entry.get("exc"):
                         text += " | " + str(entry["exc"]).strip().splitlines()[-1]
                     problems[text[:300]] += 1
-        return {"log_file_bytes": self.log_path.stat().st_size, "levels": dict(levels),
+        return {"log": str(self.log_path), "exit_code": self.process.returncode,
+                "log_file_bytes": self.log_path.stat().st_size, "levels": dict(levels),
                 "access_statuses": dict(sorted(statuses.items())), "warnings_errors": dict(problems),
                 "non_json_lines": other, "non_json_samples": other_samples}
 

@@ -51,16 +51,12 @@ import os
 import queue as queue_module
 import random
 import re
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -71,7 +67,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 import datagen  # noqa: E402
-from pgcluster import free_port, postgres_cluster  # noqa: E402
+from crud import Server, percentile  # noqa: E402  (the benches share one way of running a server)
+from pgcluster import postgres_cluster  # noqa: E402
 
 try:  # uvloop comes with uvicorn[standard], a dependency of the server: a cheaper client loop
     import uvloop
@@ -131,6 +128,13 @@ async def load_patients(url: str, count: int, seed: int, batch: int) -> tuple[li
         return ids, time.perf_counter() - t0
     finally:
         await store.close()
+
+
+def bench_server(workdir: Path, workers: int, url: str, name: str) -> Server:
+    """bench/crud.py's server on `url`, with its log and data dir in a folder of its own per run."""
+    folder = workdir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return Server(folder, workers, {"FHIR_DATABASE_URL": url})
 
 
 def observation_worker(url: str, patient_ids: list[str], batches: list[int], seed: int, size: int, total: int,
@@ -236,86 +240,6 @@ async def sql(url: str, *statements: str) -> list[Any]:
         return [await conn.fetch(s) for s in statements]
     finally:
         await conn.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# The server under test (the pattern of bench/crud.py, trimmed)
-
-
-class Server:
-    def __init__(self, workdir: Path, workers: int, url: str, name: str):
-        self.port = free_port()
-        self.log_path = workdir / f"{name}.log"
-        beside = Path(sys.executable).parent / "fhir-server"
-        exe = str(beside) if beside.exists() else shutil.which("fhir-server")
-        command = [exe] if exe else [sys.executable, "-c", "from fhir_server.cli import main; main()"]
-        env = dict(os.environ)
-        env["FHIR_DATABASE_URL"] = url
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [*command, "serve", "--host", HOST, "--port", str(self.port), "--data-dir", str(workdir / "data"),
-                 "--workers", str(workers)],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        url = f"http://{HOST}:{self.port}/health/ready"
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}; last log lines:\n"
-                                   + self.log_tail())
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after {timeout:.0f} s; last log lines:\n" + self.log_tail())
-            time.sleep(0.1)
-
-    def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                out("server did not stop within 30 s of SIGTERM; killing its process group")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
-
-    def log_summary(self) -> dict[str, Any]:
-        """Access-log statuses, warnings/errors and non-JSON lines (tracebacks) of the server log."""
-        statuses: dict[str, int] = {}
-        problems: dict[str, int] = {}
-        other: list[str] = []
-        with open(self.log_path, errors="replace") as f:
-            for line in f:
-                line = line.rstrip("\n")
-                try:
-                    entry = json.loads(line)
-                    if not isinstance(entry, dict):
-                        raise ValueError
-                except ValueError:
-                    if line.strip() and not line.startswith("FHIR server ("):
-                        other.append(line[:300])
-                    continue
-                if entry.get("logger") == "fhir_server.access":
-                    key = f"{entry.get('method')} {entry.get('status')}"
-                    statuses[key] = statuses.get(key, 0) + 1
-                elif entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
-                    text = f"{entry.get('level')} {entry.get('logger')}: {entry.get('msg')}"
-                    if entry.get("exc"):
-                        text += " | " + str(entry["exc"]).strip().splitlines()[-1]
-                    problems[text[:300]] = problems.get(text[:300], 0) + 1
-        return {"log": str(self.log_path), "access_statuses": statuses, "warnings_errors": problems,
-                "non_json_lines": len(other), "non_json_samples": other[:10], "exit_code": self.process.returncode}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,14 +423,6 @@ def make_request(name: str, rng: random.Random, patient_ids: list[str]) -> Reque
                                              ("_include", "Observation:subject"), ("_count", "10")]),
                        check_include(pid))
     return Request(f"/Patient/{pid}", check_patient(pid))
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    k = max(0, min(len(sorted_values) - 1, math.ceil(p * len(sorted_values)) - 1))
-    return sorted_values[k]
 
 
 @dataclass
@@ -896,7 +812,7 @@ def run_benchmark(url: str, args: argparse.Namespace, workdir: Path, pg_log_hint
         if mode != "auto":
             run_async(sql(url, f"ALTER DATABASE {db} SET plan_cache_mode = {mode}"))
         out(f"starting fhir-server serve --workers {args.workers} (plan_cache_mode {mode}) ...")
-        server = Server(workdir, args.workers, url, f"server-{label.replace('#', '-')}")
+        server = bench_server(workdir, args.workers, url, f"server-{label.replace('#', '-')}")
         try:
             server.wait_ready()
             out(f"  ready on port {server.port}; {args.warmup} warm-up + {args.repeats} timed requests per query,"
@@ -920,7 +836,7 @@ def run_benchmark(url: str, args: argparse.Namespace, workdir: Path, pg_log_hint
                     "auto_explain.log_buffers = on"]
         run_async(sql(url, *(f"ALTER DATABASE {db} SET {s}" for s in settings)))
         out(f"auto_explain on for database {db}; restarting the server; {args.explain_runs} runs per query ...")
-        server = Server(workdir, args.workers, url, "server-explain")
+        server = bench_server(workdir, args.workers, url, "server-explain")
         try:
             server.wait_ready()
             explained = run_async(explain_runs(server.port, names, patient_ids, args, pg_log))
