@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # Browser origins (a web viewer such as OHIF) allowed to call /dicomweb: "*", or a comma-separated list;
     # empty sends no CORS headers. The FHIR API is not affected.
     dicomweb_cors_origins: str = "*"
+    # SMART on FHIR authorization: "on" (default) or "off" (development only: the server then refuses to
+    # listen on anything but loopback).
+    auth: str = "on"
 
     @cached_property
     def effective_database_url(self) -> str:

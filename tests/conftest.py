@@ -44,7 +44,8 @@ def start_server(env_extra: dict[str, str], workers: int = 1, data_dir: Path | N
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = data_dir / "server.log"
-    env = {**os.environ, "FHIR_LOG_LEVEL": "INFO", "FHIR_DICOM_PORT": "0", **env_extra}
+    env = {**os.environ, "FHIR_LOG_LEVEL": "INFO", "FHIR_DICOM_PORT": "0", "FHIR_AUTH": "off",
+           **env_extra}
     beside = Path(sys.executable).parent / "fhir-server"
     exe = str(beside) if beside.exists() else shutil.which("fhir-server")
     with open(log_path, "wb") as log:
