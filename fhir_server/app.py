@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import __version__
+from .auth.audit import AuditMiddleware, AuditTrail
 from .dicom.ingest import DicomIngest
 from .dicom.urls import PREFIX as DICOMWEB
 from .dicom.web import router as dicomweb_router
@@ -40,10 +41,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = ResourceService(store, settings)
         await app.state.service.start()
         app.state.dicom = DicomIngest(app.state.service)  # STOW-RS stores through the SCP's ingest path
+        if settings.auth_enabled and settings.audit:
+            app.state.audit = AuditTrail(app.state.service)
+            app.state.audit.start()
         log.info("ready", extra={"backend": store.backend})
         try:
             yield
         finally:
+            if app.state.audit is not None:
+                await app.state.audit.stop()
             await app.state.service.custom.wait()
             await store.close()
 
@@ -54,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Alliance FHIR server", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", **options)
     app.state.settings = settings
+    app.state.audit = None
 
     @app.get("/health", include_in_schema=False)
     async def liveness() -> JSONResponse:
@@ -76,4 +83,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     origins = [o.strip() for o in settings.dicomweb_cors_origins.split(",") if o.strip()]
     if origins:  # outermost, so that refusals (413) carry the headers a browser needs to read them
         app.add_middleware(PathCorsMiddleware, prefix=DICOMWEB, origins=origins)
+    app.add_middleware(AuditMiddleware, trail_of=lambda: app.state.audit)  # outermost: sees every answer
     return app

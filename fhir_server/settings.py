@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # SMART on FHIR authorization: "on" (default) or "off" (development only: the server then refuses to
     # listen on anything but loopback).
     auth: str = "on"
+    # With authorization on, every request (access or denial) is recorded as an AuditEvent.
+    audit: bool = True
 
     @cached_property
     def effective_database_url(self) -> str:
@@ -71,6 +73,10 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return driver + url[len(plain):]
         return url
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth.strip().lower() not in ("off", "false", "0", "no")
 
     @property
     def public_base_url(self) -> str:
