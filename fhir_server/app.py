@@ -17,7 +17,7 @@ from .dicom.urls import PREFIX as DICOMWEB
 from .dicom.web import router as dicomweb_router
 from .logs import configure_logging
 from .rest.errors import install_error_handlers
-from .rest.middleware import PathCorsMiddleware, RequestContextMiddleware
+from .rest.middleware import PathCorsMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
 from .rest.routes import router
 from .service import ResourceService
@@ -78,6 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operations_router)  # before the generic /{type}/{id} routes that would take $operations
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
     app.include_router(router)
+    if settings.rate_limit_per_s > 0:
+        app.add_middleware(RateLimitMiddleware, per_second=settings.rate_limit_per_s,
+                           burst=settings.rate_limit_burst or max(1, int(settings.rate_limit_per_s * 2)))
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        path_limits={DICOMWEB: settings.dicomweb_max_body_bytes})
     origins = [o.strip() for o in settings.dicomweb_cors_origins.split(",") if o.strip()]

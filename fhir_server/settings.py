@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = 30000
     db_pool_size: int = 10
     max_body_bytes: int = 16 * 1024 * 1024
+    # Per-client rate limit (requests per second, per worker process; 0: none) and burst (0: twice the rate).
+    rate_limit_per_s: float = 0
+    rate_limit_burst: int = 0
+    # Deepest JSON nesting accepted in a request body (a FHIR resource is rarely deeper than 20).
+    max_json_depth: int = 64
     # FastAPI's native OpenTelemetry instrumentation (traces, metrics); off unless an exporter is wanted.
     otel: bool = False
     # A conditional delete that matches more resources than this is refused with 412.
