@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = 30000
     db_pool_size: int = 10
     max_body_bytes: int = 16 * 1024 * 1024
+    # A database statement running longer is cancelled and the request answered 503 (0: no limit).
+    query_timeout_s: float = 60
     # Per-client rate limit (requests per second, per worker process; 0: none) and burst (0: twice the rate).
     rate_limit_per_s: float = 0
     rate_limit_burst: int = 0

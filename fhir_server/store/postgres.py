@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import asynccontextmanager
 from functools import lru_cache
 
 import asyncpg
@@ -18,6 +19,12 @@ from ..settings import Settings
 from .base import ResourceVersion
 from .schema import SEARCH_TABLES
 from .sql import SqlResourceStore, identity_json, now_ms, stamp
+
+
+def _timeout(settings: Settings) -> dict[str, str]:
+    """statement_timeout (ms) for every session: a runaway query is cancelled server-side."""
+    return {"statement_timeout": str(int(settings.query_timeout_s * 1000))} if settings.query_timeout_s > 0 else {}
+
 
 # Arbitrary constant naming the advisory lock that serialises schema migrations.
 MIGRATION_LOCK_KEY = 0x46484952  # "FHIR"
@@ -113,6 +120,7 @@ class PostgresResourceStore(SqlResourceStore):
     _read_pool: asyncpg.Pool | None = None
     _dsn: str = ""
     _pool_size: int = 10
+    _server_settings: dict[str, str] = {}  # replaced per store in open()
 
     async def read(self, resource_type, resource_id):
         """The hottest path: straight through an asyncpg pool (a prepared statement, no SQLAlchemy
@@ -125,7 +133,7 @@ class PostgresResourceStore(SqlResourceStore):
     async def _pool(self) -> asyncpg.Pool:
         if self._read_pool is None:
             self._read_pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size,
-                                                        server_settings={"jit": "off"})
+                                                        server_settings=self._server_settings)
         return self._read_pool
 
     async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
@@ -206,9 +214,16 @@ class PostgresResourceStore(SqlResourceStore):
             pool_pre_ping=True,
             # Searches are short and their selectivity depends on the values: a generic prepared plan
             # (chosen after five runs) was 3-9x slower in bench/search.py, and JIT costs ~30 ms a query.
-            connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan", "jit": "off"}},
+            connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan", "jit": "off",
+                                              **_timeout(settings)}},
         )
         store = cls(engine)
         store._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         store._pool_size = settings.db_pool_size
+        store._server_settings = {"jit": "off", **_timeout(settings)}
         return store
+
+    @asynccontextmanager
+    async def without_timeout(self, conn: AsyncConnection):
+        await conn.execute(text("SET LOCAL statement_timeout = 0"))
+        yield
