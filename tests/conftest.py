@@ -103,9 +103,10 @@ def server(request) -> Iterator[RunningServer]:
     stop_server(running)
 
 
-def _fresh_database_env(request) -> dict[str, str]:
+def _fresh_database_env(request, backend: str | None = None) -> dict[str, str]:
+    """Environment for a server with an empty database of its own on the backend (default: the param)."""
     env = {"FHIR_DATABASE_URL": ""}
-    if request.param == "postgresql":
+    if (backend or request.param) == "postgresql":
         base = request.getfixturevalue("postgres_url")
         name = f"fhir_{uuid.uuid4().hex[:12]}"
         asyncio.run(_create_database(base, name))
