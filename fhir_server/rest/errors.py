@@ -66,6 +66,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database_down(request: Request, exc: Exception):
         if is_query_timeout(exc):
             return _timed_out(request)
+        if "database or disk is full" in str(exc) or "No space left on device" in str(exc):
+            log.error("database disk full", extra={"error": type(exc).__name__})
+            return outcome_response(request, FhirError(
+                "The database disk is full; nothing of this request was written. Free space and retry.",
+                status=507, code="exception"))
         log.error("database unavailable", extra={"error": type(exc).__name__})
         return outcome_response(request, ServiceUnavailable("The database is unavailable; retry later"),
                                 {"Retry-After": "5"})
