@@ -14,6 +14,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     # Empty means the embedded default: a SQLite file in data_dir.
     database_url: str = ""
+    # A PostgreSQL streaming replica that reads and searches go to (writes and their own reads stay on
+    # the primary, which must list the replica in synchronous_standby_names: see README).
+    database_read_url: str = ""
     # Public base URL used in Location, fullUrl and Bundle links; empty means "derive from the request".
     base_url: str = ""
     host: str = "127.0.0.1"
@@ -75,11 +78,13 @@ class Settings(BaseSettings):
         url = self.database_url.strip()
         if not url:
             return f"sqlite+aiosqlite:///{(self.data_dir / 'fhir.sqlite3').resolve()}"
-        for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
-                              ("sqlite://", "sqlite+aiosqlite://")):
-            if url.startswith(plain):
-                return driver + url[len(plain):]
-        return url
+        return _async_driver(url)
+
+    @cached_property
+    def effective_read_url(self) -> str:
+        """SQLAlchemy async URL of the PostgreSQL streaming replica for reads and searches; empty: none."""
+        url = self.database_read_url.strip()
+        return _async_driver(url) if url and self.backend == "postgresql" else ""
 
     @property
     def auth_enabled(self) -> bool:
@@ -103,3 +108,11 @@ class Settings(BaseSettings):
     @property
     def backend(self) -> str:
         return "postgresql" if self.effective_database_url.startswith("postgresql") else "sqlite"
+
+
+def _async_driver(url: str) -> str:
+    for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
+                          ("sqlite://", "sqlite+aiosqlite://")):
+        if url.startswith(plain):
+            return driver + url[len(plain):]
+    return url

@@ -92,3 +92,29 @@ def controlled_cluster(*, durable: bool = False, settings: str = "", keep_log: s
         if keep_log and os.path.exists(f"{workdir}/log"):
             shutil.copyfile(f"{workdir}/log", keep_log)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def streaming_replica(primary: Cluster, name: str = "replica1") -> Iterator[Cluster]:
+    """A hot standby of `primary` made with pg_basebackup, streaming from it as `name` (the primary must
+    allow replication connections, which initdb's trust set-up does on loopback)."""
+    workdir = tempfile.mkdtemp(prefix="fhir-pg-replica-")
+    datadir = os.path.join(workdir, "data")
+    if primary.as_postgres:
+        shutil.chown(workdir, "postgres", "postgres")
+    port = free_port()
+    options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c max_connections=200 -c hot_standby=on"
+    replica = Cluster(primary.bindir, datadir, workdir, options, primary.as_postgres, port)
+    try:
+        _run([f"{primary.bindir}/pg_basebackup", "-D", datadir, "-h", "127.0.0.1", "-p", str(primary.port),
+              "-U", "postgres", "-R", "-X", "stream", "--no-sync", "--checkpoint=fast"], primary.as_postgres)
+        with open(os.path.join(datadir, "postgresql.auto.conf"), "a") as conf:
+            conf.write(f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres "
+                       f"application_name={name}'\n")
+        replica.start()
+        yield replica
+    finally:
+        subprocess.run((["runuser", "-u", "postgres", "--"] if primary.as_postgres else [])
+                       + [f"{primary.bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "-w", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(workdir, ignore_errors=True)
