@@ -25,6 +25,7 @@ from .search.query import SearchQuery, compartment_clause, parse_search
 from .search.registry import Registry
 from .settings import Settings
 from .store import HistoryPage, ResourceStore, ResourceVersion, StoreTransaction, WriteResult
+from .workflow import WriteRule, default_rules, rules_by_type
 
 
 def check_type(resource_type: str) -> None:
@@ -51,6 +52,7 @@ class ResourceService:
         self.store = store
         self.settings = settings or Settings()
         self.custom = CustomParameters(store)
+        self.rules = rules_by_type(default_rules())
 
     @property
     def registry(self) -> Registry:
@@ -78,6 +80,30 @@ class ResourceService:
         if resource_type == "SearchParameter":
             tx.changed_parameters.append(resource)
 
+    # ---- workflow rules (fhir_server/workflow) ----
+
+    def _fill(self, resource_type: str, resource: dict[str, Any]) -> dict[str, Any]:
+        for rule in self.rules.get(resource_type, ()):
+            resource = rule.fill(resource_type, resource)
+        return resource
+
+    def _checked(self, resource_type: str) -> list[WriteRule]:
+        return [rule for rule in self.rules.get(resource_type, ()) if rule.checks]
+
+    async def _previous(self, tx: StoreTransaction, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The live version a write replaces, for rules that compare with it (locked: no concurrent write
+        of the same resource can slip in between this read and the write)."""
+        if not any(rule.needs_previous for rule in self._checked(resource_type)):
+            return None
+        await tx.lock(f"{resource_type}/{resource_id}")
+        current = await tx.read(resource_type, resource_id)
+        return orjson.loads(current.content) if current is not None and not current.deleted else None
+
+    async def _check(self, tx: StoreTransaction, resource_type: str, resource_id: str,
+                     resource: dict[str, Any] | None, previous: dict[str, Any] | None) -> None:
+        for rule in self._checked(resource_type):
+            await rule.check(self, tx, resource_type, resource_id, resource, previous)
+
     def _prepare(self, resource_type: str, resource_id: str, resource: dict[str, Any]):
         validate_resource(resource, resource_type)
         if resource_type == "SearchParameter" and is_active(resource):
@@ -92,10 +118,12 @@ class ResourceService:
         If-None-Exist: an existing match is returned instead (created=False); several matches are 412."""
         check_type(resource_type)
         check_body_type(resource_type, resource)
-        resource = {k: v for k, v in resource.items() if k != "id"}  # spec: the server ignores a client id
+        # spec: the server ignores a client id
+        resource = self._fill(resource_type, {k: v for k, v in resource.items() if k != "id"})
         resource_id = resource_id or str(uuid.uuid4())
         key, index = self._prepare(resource_type, resource_id, resource)
-        if tx is None and if_none_exist is None and resource_type != "SearchParameter":
+        if tx is None and if_none_exist is None and resource_type != "SearchParameter" \
+                and not self._checked(resource_type):
             # nothing to match or to reload: a single write the store may do in one statement
             return WriteResult(await self.store.create(resource_type, resource_id, resource, key, index), True)
         async with self.transaction(tx) as t:
@@ -106,6 +134,7 @@ class ResourceService:
                 if matches:
                     return WriteResult(matches[0], False)
             version = await t.create(resource_type, resource_id, resource, key, index)
+            await self._check(t, resource_type, resource_id, resource, None)
             self._after_write(t, resource_type, resource)
         return WriteResult(version, True)
 
@@ -118,7 +147,7 @@ class ResourceService:
             try:
                 resource_type = resource.get("resourceType", "")
                 check_type(resource_type)
-                resource = {k: v for k, v in resource.items() if k != "id"}
+                resource = self._fill(resource_type, {k: v for k, v in resource.items() if k != "id"})
                 resource_id = resource_ids[position] if resource_ids else str(uuid.uuid4())
                 key, index = self._prepare(resource_type, resource_id, resource)
             except FhirError as exc:
@@ -127,8 +156,13 @@ class ResourceService:
             items.append((resource_type, resource_id, resource, key, index))
         async with self.transaction(tx) as t:
             versions = await t.create_many(items)
-            for item in items:
-                self._after_write(t, item[0], item[2])
+            for position, (resource_type, resource_id, resource, _, _) in enumerate(items):
+                try:  # after the whole batch is written, so that its members see each other
+                    await self._check(t, resource_type, resource_id, resource, None)
+                except FhirError as exc:
+                    exc.item_index = position
+                    raise
+                self._after_write(t, resource_type, resource)
         return versions
 
     async def upsert_many(self, resources: list[dict[str, Any]]) -> tuple[int, list[tuple[int, FhirError]]]:
@@ -141,7 +175,7 @@ class ResourceService:
                 check_type(resource_type)
                 resource_id = resource.get("id") or str(uuid.uuid4())
                 check_id(resource_id)
-                body = {k: v for k, v in resource.items() if k != "id"}
+                body = self._fill(resource_type, {k: v for k, v in resource.items() if k != "id"})
                 key, index = self._prepare(resource_type, resource_id, body)
                 items.append((resource_type, resource_id, body, key, index))
             except FhirError as exc:
@@ -172,10 +206,13 @@ class ResourceService:
         if body_id != resource_id:
             raise BadRequest(f"id '{body_id}' in the body does not match '{resource_id}' in the URL",
                              expression=[f"{resource_type}.id"])
+        resource = self._fill(resource_type, resource)
         key, index = self._prepare(resource_type, resource_id, resource)
         async with self.transaction(tx) as t:
+            previous = await self._previous(t, resource_type, resource_id)
             result = await t.update(resource_type, resource_id, resource, if_match=if_match, patient_key=key,
                                     index=index)
+            await self._check(t, resource_type, resource_id, resource, previous)
             self._after_write(t, resource_type, resource)
         return result
 
@@ -203,8 +240,10 @@ class ResourceService:
         check_type(resource_type)
         check_id(resource_id)
         async with self.transaction(tx) as t:
+            previous = await self._previous(t, resource_type, resource_id)
             version = await t.delete(resource_type, resource_id, if_match=if_match)
             if version is not None:
+                await self._check(t, resource_type, resource_id, None, previous)
                 self._after_write(t, resource_type, None)
         return version
 
