@@ -26,6 +26,11 @@ def is_active(patient: dict[str, Any]) -> bool:
     return patient.get("active") is not False
 
 
+def is_replaced(patient: dict[str, Any]) -> bool:
+    """Merged into another Patient (Patient/$merge): inactive and replaced-by that one."""
+    return not is_active(patient) and any(link.get("type") == "replaced-by" for link in patient.get("link") or [])
+
+
 class OneResidentOneRecord(WriteRule):
     """A Patient (created, updated, in a Bundle or PATCHed) whose resident ID already belongs to another
     active Patient is refused with 409. An inactive Patient (merged away) may keep it."""
