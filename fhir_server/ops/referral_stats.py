@@ -118,7 +118,7 @@ async def referral_stats(service, request: StatsRequest) -> dict[str, Any]:
     groups: dict[tuple[str, str, str], dict[str, Counter]] = defaultdict(
         lambda: {"status": Counter(), "category": Counter()})
     wanted = set(request.organizations)
-    for task, service_request in _referrals(service, request):
+    async for task, service_request in _referrals(service, request):
         roles = [(role, (task.get(role) or {}).get("reference")) for role in ("requester", "owner")]
         roles = [(role, ref) for role, ref in roles if ref and (not wanted or ref in wanted)]
         if not roles:
