@@ -76,6 +76,15 @@ def role(code: str) -> list[dict]:
     return [concept(ALLIANCE_ROLE, code, ALLIANCE_ROLES[code])]
 
 
+def practitioner_role(role_id: str, pid: str, organization: str, code: str, field: str) -> dict:
+    """The practitioner's role at an organization, at its main site."""
+    return {"resourceType": "PractitionerRole", "id": role_id, "active": True,
+            "practitioner": {"reference": f"Practitioner/{pid}"},
+            "organization": {"reference": f"Organization/{organization}"},
+            "location": [{"reference": f"Location/{organization}-site"}],
+            "code": role(code), "specialty": specialty(field)}
+
+
 def practitioner(pid: str, family: str, given: str, gender: str) -> dict:
     return {"resourceType": "Practitioner", "id": pid, "active": True, "gender": gender,
             "name": [{"family": family, "given": [given], "text": family + given}]}
@@ -105,16 +114,8 @@ def resources() -> list[dict]:
                         "partOf": {"reference": f"Location/{oid}-site"}})
     for pid, family, given, gender, field, township in EXPERTS:
         out.append(practitioner(pid, family, given, gender))
-        out.append({"resourceType": "PractitionerRole", "id": f"{pid}-county", "active": True,
-                    "practitioner": {"reference": f"Practitioner/{pid}"},
-                    "organization": {"reference": "Organization/county-hospital"},
-                    "location": [{"reference": "Location/county-hospital-site"}],
-                    "code": role("county-expert"), "specialty": specialty(field)})
-        out.append({"resourceType": "PractitionerRole", "id": f"{pid}-paired", "active": True,
-                    "practitioner": {"reference": f"Practitioner/{pid}"},
-                    "organization": {"reference": f"Organization/{township}"},
-                    "location": [{"reference": f"Location/{township}-site"}],
-                    "code": role("paired-expert"), "specialty": specialty(field)})
+        out.append(practitioner_role(f"{pid}-county", pid, "county-hospital", "county-expert", field))
+        out.append(practitioner_role(f"{pid}-paired", pid, township, "paired-expert", field))
         out.append({"resourceType": "Schedule", "id": f"{pid}-schedule", "active": True,
                     "serviceType": specialty(field), "specialty": specialty(field),
                     "actor": [{"reference": f"PractitionerRole/{pid}-county"}, {"reference": f"Practitioner/{pid}"}]})
@@ -127,18 +128,10 @@ def resources() -> list[dict]:
                             "start": f"{day}T{hour}:00+08:00", "end": f"{day}T{end}:00+08:00"})
     for pid, family, given, gender, township in TOWNSHIP_GPS:
         out.append(practitioner(pid, family, given, gender))
-        out.append({"resourceType": "PractitionerRole", "id": f"{pid}-gp", "active": True,
-                    "practitioner": {"reference": f"Practitioner/{pid}"},
-                    "organization": {"reference": f"Organization/{township}"},
-                    "location": [{"reference": f"Location/{township}-site"}],
-                    "code": role("general-practitioner"), "specialty": specialty("general")})
+        out.append(practitioner_role(f"{pid}-gp", pid, township, "general-practitioner", "general"))
     for pid, family, given, gender, village in VILLAGE_DOCTORS:
         out.append(practitioner(pid, family, given, gender))
-        out.append({"resourceType": "PractitionerRole", "id": f"{pid}-village", "active": True,
-                    "practitioner": {"reference": f"Practitioner/{pid}"},
-                    "organization": {"reference": f"Organization/{village}"},
-                    "location": [{"reference": f"Location/{village}-site"}],
-                    "code": role("village-doctor"), "specialty": specialty("general")})
+        out.append(practitioner_role(f"{pid}-village", pid, village, "village-doctor", "general"))
     doctors = {village: pid for pid, _, _, _, village in VILLAGE_DOCTORS}
     for rid, family, given, gender, born, resident_id, card, phone, village in RESIDENTS:
         out.append({"resourceType": "Patient", "id": rid, "active": True,

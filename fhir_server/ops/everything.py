@@ -4,12 +4,12 @@ practitioners, medications...), paged like a search (keyset cursor, `next` links
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from ..model.outcome import BadRequest
 from ..model.types import is_resource_type
 from ..search.bundle import build_searchset
+from ..search.dates import parse_since
 from ..search.query import Include, parse_search, patient_compartment_clause
 from ..search.registry import PATIENT_COMPARTMENT
 
@@ -27,17 +27,6 @@ def _types(raw: list[str]) -> tuple[str, ...]:
     return tuple(sorted(set(wanted))) or TYPES
 
 
-def _since(raw: str) -> str:
-    try:
-        instant = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise BadRequest(f"_since must be an instant such as 2026-01-01T00:00:00Z, not {raw[:40]!r}",
-                         expression=["_since"]) from exc
-    if instant.tzinfo is None or "T" not in raw:
-        raise BadRequest("_since must be an instant with a time zone", expression=["_since"])
-    return raw
-
-
 async def everything(service, base_url: str, patient_id: str | None, params: list[tuple[str, str]]) -> dict[str, Any]:
     for name, _ in params:
         if name not in PARAMETERS:
@@ -50,7 +39,8 @@ async def everything(service, base_url: str, patient_id: str | None, params: lis
     links = [(k, v) for k, v in params if k in ("_since", "_type", "_count")]
     for name, raw in params:
         if name == "_since":
-            search.append(("_lastUpdated", f"ge{_since(raw)}"))
+            parse_since(raw)  # 400 unless an instant
+            search.append(("_lastUpdated", f"ge{raw}"))
     query = parse_search(service.registry, types, search, base_url=base_url, strict=True,
                          default_count=service.settings.default_page_size, max_count=service.settings.max_page_size)
     query.self_params = links
