@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from .auth.access import current_access
+from .auth.grant import system_access
 from .model.compartment import patient_key
 from .model.outcome import (
     BadRequest,
@@ -35,6 +36,7 @@ from .search.query import SearchQuery, compartment_clause, parse_search
 from .search.registry import Registry
 from .settings import Settings
 from .store import HistoryPage, ResourceStore, ResourceVersion, StoreTransaction, WriteResult
+from .workflow import WriteRule, default_rules, rules_by_type
 
 
 def check_type(resource_type: str) -> None:
@@ -61,6 +63,7 @@ class ResourceService:
         self.store = store
         self.settings = settings or Settings()
         self.custom = CustomParameters(store)
+        self.rules = rules_by_type(default_rules())
 
     @property
     def registry(self) -> Registry:
@@ -88,6 +91,31 @@ class ResourceService:
         if resource_type == "SearchParameter":
             tx.changed_parameters.append(resource)
 
+    # ---- workflow rules (fhir_server/workflow) ----
+
+    def _fill(self, resource_type: str, resource: dict[str, Any]) -> dict[str, Any]:
+        for rule in self.rules.get(resource_type, ()):
+            resource = rule.fill(resource_type, resource)
+        return resource
+
+    def _checked(self, resource_type: str) -> list[WriteRule]:
+        return [rule for rule in self.rules.get(resource_type, ()) if rule.checks]
+
+    async def _previous(self, tx: StoreTransaction, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The live version a write replaces, for rules that compare with it (locked: no concurrent write
+        of the same resource can slip in between this read and the write)."""
+        if not any(rule.needs_previous for rule in self._checked(resource_type)):
+            return None
+        await tx.lock(f"{resource_type}/{resource_id}")
+        current = await tx.read(resource_type, resource_id)
+        return orjson.loads(current.content) if current is not None and not current.deleted else None
+
+    async def _check(self, tx: StoreTransaction, resource_type: str, resource_id: str,
+                     resource: dict[str, Any] | None, previous: dict[str, Any] | None) -> None:
+        with system_access():  # the server's own rules see the whole store, whatever the caller's scopes
+            for rule in self._checked(resource_type):
+                await rule.check(self, tx, resource_type, resource_id, resource, previous)
+
     def _prepare(self, resource_type: str, resource_id: str, resource: dict[str, Any]):
         validate_resource(resource, resource_type)
         if resource_type == "SearchParameter" and is_active(resource):
@@ -102,12 +130,14 @@ class ResourceService:
         If-None-Exist: an existing match is returned instead (created=False); several matches are 412."""
         check_type(resource_type)
         check_body_type(resource_type, resource)
-        resource = {k: v for k, v in resource.items() if k != "id"}  # spec: the server ignores a client id
+        # spec: the server ignores a client id
+        resource = self._fill(resource_type, {k: v for k, v in resource.items() if k != "id"})
         resource_id = resource_id or str(uuid.uuid4())
         access = current_access()
         found = access.require(resource_type, "c") if access else None
         key, index = self._prepare(resource_type, resource_id, resource)
-        if tx is None and if_none_exist is None and resource_type != "SearchParameter" and found is None:
+        if tx is None and if_none_exist is None and resource_type != "SearchParameter" and found is None \
+                and not self._checked(resource_type):
             # nothing to match or to reload: a single write the store may do in one statement
             return WriteResult(await self.store.create(resource_type, resource_id, resource, key, index), True)
         async with self.transaction(tx) as t:
@@ -120,6 +150,7 @@ class ResourceService:
             version = await t.create(resource_type, resource_id, resource, key, index)
             if found is not None:  # the new resource must be one the token may create (compartment, restriction)
                 await access.check(self, resource_type, resource_id, "c", t, found)
+            await self._check(t, resource_type, resource_id, resource, None)
             self._after_write(t, resource_type, resource)
         return WriteResult(version, True)
 
@@ -132,7 +163,7 @@ class ResourceService:
             try:
                 resource_type = resource.get("resourceType", "")
                 check_type(resource_type)
-                resource = {k: v for k, v in resource.items() if k != "id"}
+                resource = self._fill(resource_type, {k: v for k, v in resource.items() if k != "id"})
                 resource_id = resource_ids[position] if resource_ids else str(uuid.uuid4())
                 key, index = self._prepare(resource_type, resource_id, resource)
             except FhirError as exc:
@@ -144,8 +175,13 @@ class ResourceService:
             versions = await t.create_many(items)
             if access is not None:
                 await self._check_created(access, t, items)
-            for item in items:
-                self._after_write(t, item[0], item[2])
+            for position, (resource_type, resource_id, resource, _, _) in enumerate(items):
+                try:  # after the whole batch is written, so that its members see each other
+                    await self._check(t, resource_type, resource_id, resource, None)
+                except FhirError as exc:
+                    exc.item_index = position
+                    raise
+                self._after_write(t, resource_type, resource)
         return versions
 
     async def _check_created(self, access, tx: StoreTransaction, items: list[tuple]) -> None:
@@ -174,7 +210,7 @@ class ResourceService:
                     access.unrestricted(resource_type, "u")
                 resource_id = resource.get("id") or str(uuid.uuid4())
                 check_id(resource_id)
-                body = {k: v for k, v in resource.items() if k != "id"}
+                body = self._fill(resource_type, {k: v for k, v in resource.items() if k != "id"})
                 key, index = self._prepare(resource_type, resource_id, body)
                 items.append((resource_type, resource_id, body, key, index))
             except FhirError as exc:
@@ -207,6 +243,7 @@ class ResourceService:
                              expression=[f"{resource_type}.id"])
         access = current_access()
         found = access.require(resource_type, "u") if access else None
+        resource = self._fill(resource_type, resource)
         key, index = self._prepare(resource_type, resource_id, resource)
         async with self.transaction(tx) as t:
             if access is not None:
@@ -215,10 +252,12 @@ class ResourceService:
                     access.require(resource_type, "c")  # update as create
                 elif found is not None:  # may the token touch what is there now?
                     await access.check(self, resource_type, resource_id, "u", t, found)
+            previous = await self._previous(t, resource_type, resource_id)
             result = await t.update(resource_type, resource_id, resource, if_match=if_match, patient_key=key,
                                     index=index)
             if found is not None:  # ... and is what it wrote still its own?
                 await access.check(self, resource_type, resource_id, "u", t, found)
+            await self._check(t, resource_type, resource_id, resource, previous)
             self._after_write(t, resource_type, resource)
         return result
 
@@ -252,8 +291,10 @@ class ResourceService:
                 current = await t.read(resource_type, resource_id)
                 if current is not None and not current.deleted:
                     await access.check(self, resource_type, resource_id, "d", t, found)
+            previous = await self._previous(t, resource_type, resource_id)
             version = await t.delete(resource_type, resource_id, if_match=if_match)
             if version is not None:
+                await self._check(t, resource_type, resource_id, None, previous)
                 self._after_write(t, resource_type, None)
         return version
 

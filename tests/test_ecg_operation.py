@@ -84,7 +84,7 @@ def test_persist_stores_the_ecg_results_referral_and_flag_in_one_go(client):
     assert stored_ecg.status_code == 200 and stored_ecg.json()["code"]["coding"][0]["code"] == "11524-6"
     results = values(output, "result")
     assert [r["resourceType"] for r in results] == ["Observation", "Observation", "Observation", "ServiceRequest",
-                                                    "Flag"]
+                                                    "Task", "Flag"]
     assert all(r["id"] and r["meta"]["versionId"] == "1" for r in results)
     derived = client.get("/Observation", params={"derived-from": ecg_reference}).json()
     assert {e["resource"]["id"] for e in derived["entry"]} == {r["id"] for r in results[:3]}
@@ -95,6 +95,11 @@ def test_persist_stores_the_ecg_results_referral_and_flag_in_one_go(client):
     assert request["supportingInfo"] == [{"reference": ecg_reference}]
     flags = client.get("/Flag", params={"subject": f"Patient/{patient}"}).json()["entry"]
     assert len(flags) == 1 and flags[0]["resource"]["code"]["text"].startswith("Critical ECG: Ventricular")
+    tasks = client.get("/Task", params={"focus": f"ServiceRequest/{request['id']}"}).json()["entry"]
+    assert len(tasks) == 1 and tasks[0]["resource"]["id"] == results[4]["id"]
+    task = tasks[0]["resource"]
+    assert task["status"] == "requested" and task["intent"] == "order" and task["priority"] == "stat"
+    assert task["owner"] == {"reference": ECG_CENTRE} and task["for"] == {"reference": f"Patient/{patient}"}
 
 
 def test_stored_observation_by_id(client):

@@ -1,6 +1,7 @@
 """The FHIR resources a triage produces: heart rate, RR statistics and rhythm interpretation
 Observations derived from the ECG and, for a critical ECG of a known patient, a stat referral
-(ServiceRequest) to the county ECG centre and a Flag on the patient; and the output Parameters."""
+(ServiceRequest) to the county ECG centre with its Task and a Flag on the patient; and the output
+Parameters."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class TriageContext:
     effective: str | None  # the ECG's effectiveDateTime
     now: datetime
     referral_organization: str  # Organization reference of the county ECG centre; "" when not configured
+    requester: dict[str, Any] | None = None  # who sent the ECG (its performer): the referral's requester
+    referral_id: str | None = None  # the id the ServiceRequest will be stored under (None: not stored)
 
 
 def rhythm_concept(category: str) -> dict[str, Any]:
@@ -116,14 +119,31 @@ def _referral(result: TriageResult, context: TriageContext) -> list[dict[str, An
     }
     if context.referral_organization:
         request["performer"] = [{"reference": context.referral_organization}]
+    if context.requester:
+        request["requester"] = context.requester
     if "reference" in context.ecg:
         request["supportingInfo"] = [context.ecg]
+    task: dict[str, Any] = {
+        "resourceType": "Task", "status": "requested", "intent": "order", "priority": "stat",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill",
+                             "display": "Fulfill the focal request"}]},
+        "description": request["code"]["text"], "for": context.subject, "authoredOn": context.now.isoformat(),
+        "lastModified": context.now.isoformat()}
+    if context.referral_id:
+        request["id"] = context.referral_id
+        task["focus"] = {"reference": f"ServiceRequest/{context.referral_id}"}
+    else:
+        task["focus"] = {"display": "The stat ServiceRequest of this triage (not stored)"}
+    if context.requester:
+        task["requester"] = context.requester
+    if context.referral_organization:
+        task["owner"] = {"reference": context.referral_organization}
     flag = {"resourceType": "Flag", "status": "active",
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category",
                                       "code": "clinical", "display": "Clinical"}]}],
             "code": {"text": f"Critical ECG: {worst}"}, "subject": context.subject,
             "period": {"start": context.now.isoformat()}}
-    return [request, flag]
+    return [request, task, flag]
 
 
 def output_parameters(result: TriageResult, resources: list[dict[str, Any]],

@@ -84,6 +84,18 @@ def check_ecg(observation: dict[str, Any]) -> None:
                             "MDC 131328 (MDC_ECG_ELEC_POTL)", expression=["Observation.code"])
 
 
+_REQUESTER_TYPES = ("Organization/", "PractitionerRole/", "Practitioner/", "Device/")
+
+
+def _requester(observation: dict[str, Any]) -> dict[str, Any] | None:
+    """Who recorded the ECG (the first performer a Task may name as requester): the referring clinic."""
+    for performer in observation.get("performer") or []:
+        reference = performer.get("reference") if isinstance(performer, dict) else None
+        if isinstance(reference, str) and reference.startswith(_REQUESTER_TYPES):
+            return {"reference": reference}
+    return None
+
+
 async def triage(service, observation: dict[str, Any], *, persist: bool, subject: dict[str, Any] | None = None,
                  source: str | None = None) -> dict[str, Any]:
     """Triage an ECG Observation; returns the output Parameters.
@@ -102,17 +114,19 @@ async def triage(service, observation: dict[str, Any], *, persist: bool, subject
     context = TriageContext(ecg={"reference": source} if source else {"display": "ECG Observation of the request "
                                                                                  "(not stored)"},
                             subject=observation.get("subject"), effective=observation.get("effectiveDateTime"),
-                            now=datetime.now(UTC), referral_organization=service.settings.ecg_referral_organization)
+                            now=datetime.now(UTC), referral_organization=service.settings.ecg_referral_organization,
+                            requester=_requester(observation))
     if not persist:
         resources_out = derived_resources(result, context)
     else:
         ecg_id = None if source else str(uuid.uuid4())
         if ecg_id:
             context.ecg = {"reference": f"Observation/{ecg_id}"}
+        context.referral_id = str(uuid.uuid4())  # the referral's Task names it
         derived = derived_resources(result, context)
         async with service.transaction() as tx:
             to_write = ([observation] if ecg_id else []) + derived
-            ids = ([ecg_id] if ecg_id else []) + [str(uuid.uuid4()) for _ in derived]
+            ids = ([ecg_id] if ecg_id else []) + [r.get("id") or str(uuid.uuid4()) for r in derived]
             versions = await service.create_many(to_write, tx=tx, resource_ids=ids)
         resources_out = [orjson.loads(v.content) for v in versions[len(to_write) - len(derived):]]
     return output_parameters(result, resources_out, context.ecg,

@@ -253,7 +253,10 @@ class BundleProcessor:
             if failed is not None:
                 exc.issues[0].diagnostics = f"Bundle.entry[{posts[failed].index}] (POST {posts[failed].url}): " \
                                             f"{exc.issues[0].diagnostics}"
-                exc.issues[0].expression = [f"Bundle.entry[{posts[failed].index}].resource"]
+                where = f"Bundle.entry[{posts[failed].index}].resource"
+                own = posts[failed].resource_type  # Patient.identifier[0] -> Bundle.entry[n].resource.identifier[0]
+                exc.issues[0].expression = [where + e[len(own):] for e in exc.issues[0].expression
+                                            if e == own or e.startswith(f"{own}.")] or [where]
             raise
         for entry, version in zip(posts, versions, strict=True):
             entry.response = self._response(version, 201)

@@ -12,8 +12,10 @@ from ..search.registry import Registry
 _TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                       "search-type"]
 _COMMON_PARAMS = [("_id", "token"), ("_lastUpdated", "date"), ("_text", "string"), ("_content", "string")]
-# operations per resource type: (name, path of its OperationDefinition on this server)
-_OPERATIONS = {"Observation": [("ecg-triage", "OperationDefinition/ecg-triage")]}
+# operations per resource type: (name, path of its OperationDefinition on this server, or its canonical URL)
+_OPERATIONS = {"Observation": [("ecg-triage", "OperationDefinition/ecg-triage")],
+               "Patient": [(name, f"http://hl7.org/fhir/OperationDefinition/Patient-{name}")
+                           for name in ("match", "merge", "everything")]}
 
 
 def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
@@ -38,7 +40,8 @@ def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
         "searchParam": search_params,
     }
     if rt in _OPERATIONS:
-        resource["operation"] = [{"name": name, "definition": f"{base}/{path}"} for name, path in _OPERATIONS[rt]]
+        resource["operation"] = [{"name": name, "definition": path if "://" in path else f"{base}/{path}"}
+                                 for name, path in _OPERATIONS[rt]]
     return resource
 
 

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from ..model.outcome import BadRequest, Issue, UnsupportedMediaType, operation_outcome
 from ..model.types import RESOURCE_TYPES
 from ..ops.bundle import BundleProcessor
+from ..search.dates import parse_since
 from ..service import ResourceService, check_type
 from .bundles import history_bundle, searchset_bundle
 from .capability import capability_statement
@@ -70,13 +71,7 @@ def _history_params(request: Request, settings) -> tuple[dict[str, str], datetim
     since = None
     if "_since" in query:
         raw = query["_since"]
-        try:
-            since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise BadRequest(f"_since must be a FHIR instant such as 2026-01-01T00:00:00Z, not {raw[:40]!r}",
-                             expression=["_since"]) from exc
-        if since.tzinfo is None or "T" not in raw:
-            raise BadRequest("_since must be an instant with a time zone", expression=["_since"])
+        since = parse_since(raw)
         params["_since"] = raw
     count = settings.default_page_size
     if "_count" in query:

@@ -64,3 +64,17 @@ def date_range(value: str) -> tuple[int, int] | None:
         high = MAX_MS
     low = to_ms(start)
     return max(low, MIN_MS), min(max(high, low), MAX_MS)
+
+
+def parse_since(raw: str) -> datetime:
+    """The instant of a _since parameter (history, $everything); 400 naming _since when it is not one."""
+    from ..model.outcome import BadRequest
+
+    try:
+        since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadRequest(f"_since must be a FHIR instant such as 2026-01-01T00:00:00Z, not {raw[:40]!r}",
+                         expression=["_since"]) from exc
+    if since.tzinfo is None or "T" not in raw:
+        raise BadRequest("_since must be an instant with a time zone", expression=["_since"])
+    return since

@@ -86,6 +86,8 @@ class Clause:
     inner: Clause | None = None  # chain / has
     has_type: str | None = None  # _has: the referring resource type
     missing: bool | None = None
+    by_type: dict[str, tuple[str, ...]] | None = None  # compartment over several types: its params per type
+    include_self: bool = False  # compartment: the Patient itself too
 
 
 @dataclass
@@ -473,3 +475,16 @@ def compartment_clause(registry: Registry, resource_type: str, compartment_id: s
     value = ReferenceValue("Patient", compartment_id, None)
     return Clause("_compartment", "compartment", values=[value],
                   target_types=tuple(p.code for p in params if p is not None))
+
+
+def patient_compartment_clause(registry: Registry, resource_types: tuple[str, ...], patient_id: str | None, *,
+                               include_self: bool = False) -> Clause:
+    """Resources of several types in Patient/patient_id's compartment (in any Patient's when patient_id is
+    None), each type through its own compartment parameters; include_self adds the Patient itself."""
+    by_type = {}
+    for resource_type in resource_types:
+        codes = [c for c in PATIENT_COMPARTMENT.get(resource_type, ()) if registry.get(resource_type, c)]
+        if codes:
+            by_type[resource_type] = tuple(codes)
+    return Clause("_compartment", "compartment", values=[ReferenceValue("Patient", patient_id, None)],
+                  by_type=by_type, include_self=include_self)

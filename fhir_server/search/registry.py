@@ -93,7 +93,9 @@ def narrow_expression(expression: str, resource_type: str) -> str:
 def _load_core() -> Registry:
     registry = Registry()
     data = json.loads(resources.files("fhir_server.search").joinpath("data/search-parameters.json").read_text())
-    for definition in data["parameters"]:
+    alliance = json.loads(resources.files("fhir_server.search").joinpath(
+        "data/alliance-search-parameters.json").read_text())
+    for definition in data["parameters"] + alliance["parameters"]:
         if definition.get("expression") or definition["type"] == "composite":
             registry.add(definition)
     return registry

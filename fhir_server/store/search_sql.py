@@ -200,13 +200,29 @@ class SearchSql:
         if kind == "has":
             return self._has(clause, r, types)
         if kind == "compartment":
-            t = SEARCH_TABLES["reference"]
-            v = clause.values[0]
-            sub = select(t.c.res_pk).where(_types(t.c.resource_type, types), t.c.param.in_(clause.target_types),
-                                           t.c.target_type == v.target_type, t.c.target_id == v.target_id)
-            return r.c.pk.in_(sub)
+            return self._compartment(clause, r, types)
         sub = self.index_subquery(clause, types)
         return r.c.pk.not_in(sub) if clause.modifier == "not" else r.c.pk.in_(sub)
+
+    def _compartment(self, clause: Clause, r, types: tuple[str, ...]) -> ColumnElement:
+        t = SEARCH_TABLES["reference"]
+        v = clause.values[0]
+        target = [t.c.target_type == v.target_type]
+        if v.target_id is not None:  # None: any Patient's compartment
+            target.append(t.c.target_id == v.target_id)
+        if clause.by_type is None:
+            sub = select(t.c.res_pk).where(_types(t.c.resource_type, types), t.c.param.in_(clause.target_types),
+                                           *target)
+            return r.c.pk.in_(sub)
+        per_type = [and_(t.c.resource_type == rt, t.c.param.in_(codes)) for rt, codes in clause.by_type.items()
+                    if rt in types]
+        condition = r.c.pk.in_(select(t.c.res_pk).where(or_(*per_type), *target)) if per_type else false()
+        if clause.include_self:
+            me = r.c.resource_type == "Patient"
+            if v.target_id is not None:
+                me = and_(me, r.c.id == v.target_id)
+            condition = or_(condition, me)
+        return condition
 
     def index_subquery(self, clause: Clause, types: tuple[str, ...]):
         """res_pk of the index rows that match a value clause (token, string, date, ...)."""
