@@ -25,6 +25,8 @@ from .search.query import SearchQuery, compartment_clause, parse_search
 from .search.registry import Registry
 from .settings import Settings
 from .store import HistoryPage, ResourceStore, ResourceVersion, StoreTransaction, WriteResult
+from .terminology import Terminology
+from .terminology.loading import load_definitions, terminology_dir
 
 
 def check_type(resource_type: str) -> None:
@@ -51,6 +53,7 @@ class ResourceService:
         self.store = store
         self.settings = settings or Settings()
         self.custom = CustomParameters(store)
+        self.terminology = Terminology(self, self.settings.terminology_max_expansion)
 
     @property
     def registry(self) -> Registry:
@@ -59,6 +62,8 @@ class ResourceService:
 
     async def start(self) -> None:
         await self.custom.load()
+        if self.settings.terminology_load:
+            await load_definitions(self, terminology_dir(self.settings))
 
     # ---- transactions ----
 
@@ -84,6 +89,17 @@ class ResourceService:
             check_definition(resource)
         return patient_key(resource_type, resource_id, resource), extract(resource_type, resource, self.registry)
 
+    async def _conform(self, resource_type: str, resource: dict[str, Any]) -> None:
+        """A resource that claims known profiles in meta.profile must conform to them (422 otherwise)."""
+        profiles = (resource.get("meta") or {}).get("profile")
+        if not profiles or not isinstance(profiles, list):
+            return
+        issues = [i for i in await self.terminology.profile_issues(resource, profiles, declared_only=True)
+                  if i.severity == "error"]
+        if issues:
+            summary = "; ".join(i.diagnostics for i in issues[:3])
+            raise Unprocessable(f"The {resource_type} does not conform to its profile: {summary}", issues=issues)
+
     # ---- writes ----
 
     async def create(self, resource_type: str, resource: dict[str, Any], *, if_none_exist: str | None = None,
@@ -95,6 +111,7 @@ class ResourceService:
         resource = {k: v for k, v in resource.items() if k != "id"}  # spec: the server ignores a client id
         resource_id = resource_id or str(uuid.uuid4())
         key, index = self._prepare(resource_type, resource_id, resource)
+        await self._conform(resource_type, resource)
         if tx is None and if_none_exist is None and resource_type != "SearchParameter":
             # nothing to match or to reload: a single write the store may do in one statement
             return WriteResult(await self.store.create(resource_type, resource_id, resource, key, index), True)
@@ -121,6 +138,7 @@ class ResourceService:
                 resource = {k: v for k, v in resource.items() if k != "id"}
                 resource_id = resource_ids[position] if resource_ids else str(uuid.uuid4())
                 key, index = self._prepare(resource_type, resource_id, resource)
+                await self._conform(resource_type, resource)
             except FhirError as exc:
                 exc.item_index = position
                 raise
@@ -143,6 +161,7 @@ class ResourceService:
                 check_id(resource_id)
                 body = {k: v for k, v in resource.items() if k != "id"}
                 key, index = self._prepare(resource_type, resource_id, body)
+                await self._conform(resource_type, body)
                 items.append((resource_type, resource_id, body, key, index))
             except FhirError as exc:
                 errors.append((position, exc))
@@ -173,6 +192,7 @@ class ResourceService:
             raise BadRequest(f"id '{body_id}' in the body does not match '{resource_id}' in the URL",
                              expression=[f"{resource_type}.id"])
         key, index = self._prepare(resource_type, resource_id, resource)
+        await self._conform(resource_type, resource)
         async with self.transaction(tx) as t:
             result = await t.update(resource_type, resource_id, resource, if_match=if_match, patient_key=key,
                                     index=index)
@@ -263,6 +283,7 @@ class ResourceService:
                              strict=True, default_count=limit, max_count=max(limit, 1))
         query.total = "none"
         query.count = limit
+        await self.terminology.resolve_search(query, strict=True)
         return (await tx.search(query)).matches
 
     # ---- reads ----
@@ -311,6 +332,7 @@ class ResourceService:
         await self.custom.refresh_if_changed()
         query = parse_search(self.registry, resource_types, params, base_url=base_url, strict=strict,
                              default_count=self.settings.default_page_size, max_count=self.settings.max_page_size)
+        await self.terminology.resolve_search(query, strict)
         extra = []
         if compartment is not None:
             compartment_type, compartment_id = compartment

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     # Browser origins (a web viewer such as OHIF) allowed to call /dicomweb: "*", or a comma-separated list;
     # empty sends no CORS headers. The FHIR API is not affected.
     dicomweb_cors_origins: str = "*"
+    # CodeSystems, ValueSets, ConceptMaps, NamingSystems and profiles loaded into the store on start-up
+    # (empty: the checkout's terminology/, else ./terminology); FHIR_TERMINOLOGY_LOAD=false loads nothing.
+    terminology_dir: str = ""
+    terminology_load: bool = True
+    # Most codes one ValueSet expansion may hold (more is refused as too costly).
+    terminology_max_expansion: int = 10000
 
     @cached_property
     def effective_database_url(self) -> str:
