@@ -12,8 +12,20 @@ from ..search.registry import Registry
 _TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                       "search-type"]
 _COMMON_PARAMS = [("_id", "token"), ("_lastUpdated", "date"), ("_text", "string"), ("_content", "string")]
-# operations per resource type: (name, path of its OperationDefinition on this server)
+# operations per resource type: (name, path of its OperationDefinition on this server, or its canonical URL)
 _OPERATIONS = {"Observation": [("ecg-triage", "OperationDefinition/ecg-triage")]}
+_HL7_OPERATION = "http://hl7.org/fhir/OperationDefinition/"
+_TERMINOLOGY_OPERATIONS = {"CodeSystem": ["lookup", "validate-code", "subsumes"],
+                           "ValueSet": ["expand", "validate-code"], "ConceptMap": ["translate"]}
+_TOKEN_MODIFIERS = "Modifiers: :missing, :not, :text, :of-type (identifier), :in, :not-in (a ValueSet), " \
+                   ":below, :above (subsumption in a code system this server holds)"
+
+
+def _operations(rt: str, base: str) -> list[dict[str, str]]:
+    listed = [{"name": name, "definition": f"{base}/{path}"} for name, path in _OPERATIONS.get(rt, [])]
+    listed += [{"name": name, "definition": f"{_HL7_OPERATION}{rt}-{name}"}
+               for name in _TERMINOLOGY_OPERATIONS.get(rt, [])]
+    return [*listed, {"name": "validate", "definition": f"{_HL7_OPERATION}Resource-validate"}]
 
 
 def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
@@ -23,6 +35,9 @@ def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
     search_params += [{"name": p.code, "definition": p.url, "type": p.type} for p in
                       sorted(params.values(), key=lambda p: p.code)
                       if p.code not in ("_id", "_lastUpdated") and p.type != "special"]
+    for param in search_params:
+        if param["type"] == "token" and param["name"] != "_id":
+            param["documentation"] = _TOKEN_MODIFIERS
     resource = {
         "type": rt,
         "interaction": [{"code": code} for code in _TYPE_INTERACTIONS],
@@ -37,8 +52,7 @@ def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
         "searchRevInclude": ["*"],
         "searchParam": search_params,
     }
-    if rt in _OPERATIONS:
-        resource["operation"] = [{"name": name, "definition": f"{base}/{path}"} for name, path in _OPERATIONS[rt]]
+    resource["operation"] = _operations(rt, base)
     return resource
 
 

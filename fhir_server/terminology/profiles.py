@@ -149,9 +149,12 @@ class ProfileCheck:
             minimum, maximum = element.get("min", 0), element.get("max", "*")
             for parent in self.nodes(parent_id):
                 count = len(self.children(parent, parent_id, segment))
-                where = f"{parent.expression}.{name.removesuffix('[x]')}"
-                label = f"slice '{segment.partition(':')[2]}' of {where}" if ":" in segment and not name.endswith(
-                    "[x]") else where
+                slice_name = segment.partition(":")[2]
+                if name.endswith("[x]"):  # value[x], or its type slice value[x]:valueQuantity
+                    where = label = f"{parent.expression}.{slice_name or name.removesuffix('[x]')}"
+                else:
+                    where = f"{parent.expression}.{name}"
+                    label = f"slice '{slice_name}' of {where}" if slice_name else where
                 if count < minimum:
                     self.issue("required", f"{label} needs at least {minimum} value(s), found {count}", where)
                 if maximum != "*" and count > int(maximum):

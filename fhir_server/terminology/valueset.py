@@ -92,6 +92,7 @@ class ValueSets:
     # ---- expansion ----
 
     async def expand(self, vs: dict[str, Any], *, path: str = "ValueSet", stack: tuple[str, ...] = ()) -> Expansion:
+        stack = stack or ((vs["url"],) if vs.get("url") else ())
         compose = vs.get("compose")
         if compose is None:
             if "expansion" in vs:  # a stored expansion only (no definition): use it as it is
@@ -194,6 +195,7 @@ class ValueSets:
                      stack: tuple[str, ...] = ()) -> Verdict:
         """Whether system|code is in vs (system None: any system). Unknown or fragment code systems give
         member None with a message, never a silent yes or no."""
+        stack = stack or ((vs["url"],) if vs.get("url") else ())
         compose = vs.get("compose")
         if compose is None:
             if "expansion" in vs:
@@ -233,9 +235,9 @@ class ValueSets:
             verdicts.append(await self.member(imported, include.get("system") or system, code, stack=inner))
         if not verdicts:
             return Verdict(False)
-        if any(v.member is False for v in verdicts):
-            return Verdict(False)
         messages = [m for v in verdicts for m in v.messages]
+        if any(v.member is False for v in verdicts):
+            return Verdict(False, messages=messages)
         if any(v.member is None for v in verdicts):
             return Verdict(None, messages=messages)
         first = verdicts[0]
