@@ -54,12 +54,19 @@ class OperationInput:
             raise BadRequest(f"Parameter '{name}' must be a non-negative integer, not {raw[:20]!r}", expression=[name])
         return int(raw)
 
-    def boolean(self, name: str) -> bool | None:
+    def _typed(self, name: str, key: str, kind: type, what: str) -> tuple[bool, Any]:
+        """(given in the body, its value) for a body parameter that must be value[x] of one type."""
         part = self._part(name)
-        if part is not None:
-            if not isinstance(part.get("valueBoolean"), bool):
-                raise BadRequest(f"Parameter '{name}' must be a boolean", expression=[name])
-            return part["valueBoolean"]
+        if part is None:
+            return False, None
+        if not isinstance(part.get(key), kind):
+            raise BadRequest(f"Parameter '{name}' must be {what}", expression=[name])
+        return True, part[key]
+
+    def boolean(self, name: str) -> bool | None:
+        given, found = self._typed(name, "valueBoolean", bool, "a boolean")
+        if given:
+            return found
         raw = self._query(name)
         if raw is None:
             return None
@@ -69,11 +76,9 @@ class OperationInput:
 
     def coding(self, name: str) -> dict[str, Any] | None:
         """A Coding; in a query string written system|code."""
-        part = self._part(name)
-        if part is not None:
-            if not isinstance(part.get("valueCoding"), dict):
-                raise BadRequest(f"Parameter '{name}' must be a Coding", expression=[name])
-            return part["valueCoding"]
+        given, found = self._typed(name, "valueCoding", dict, "a Coding")
+        if given:
+            return found
         raw = self._query(name)
         if raw is None:
             return None
@@ -81,11 +86,9 @@ class OperationInput:
         return {"system": system, "code": code} if bar and system else {"code": code}
 
     def concept(self, name: str) -> dict[str, Any] | None:
-        part = self._part(name)
-        if part is not None:
-            if not isinstance(part.get("valueCodeableConcept"), dict):
-                raise BadRequest(f"Parameter '{name}' must be a CodeableConcept", expression=[name])
-            return part["valueCodeableConcept"]
+        given, found = self._typed(name, "valueCodeableConcept", dict, "a CodeableConcept")
+        if given:
+            return found
         raw = self._query(name)
         return None if raw is None else {"coding": [self.coding(name)]}
 
