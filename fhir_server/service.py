@@ -94,7 +94,7 @@ class ResourceService:
         profiles = (resource.get("meta") or {}).get("profile")
         if not profiles or not isinstance(profiles, list):
             return
-        issues = [i for i in await self.terminology.profile_issues(resource, profiles, declared_only=True)
+        issues = [i for i in await self.terminology.scoped().profile_issues(resource, profiles, declared_only=True)
                   if i.severity == "error"]
         if issues:
             summary = "; ".join(i.diagnostics for i in issues[:3])
@@ -283,7 +283,7 @@ class ResourceService:
                              strict=True, default_count=limit, max_count=max(limit, 1))
         query.total = "none"
         query.count = limit
-        await self.terminology.resolve_search(query, strict=True)
+        await self.terminology.scoped().resolve_search(query, strict=True)
         return (await tx.search(query)).matches
 
     # ---- reads ----
@@ -332,7 +332,7 @@ class ResourceService:
         await self.custom.refresh_if_changed()
         query = parse_search(self.registry, resource_types, params, base_url=base_url, strict=strict,
                              default_count=self.settings.default_page_size, max_count=self.settings.max_page_size)
-        await self.terminology.resolve_search(query, strict)
+        await self.terminology.scoped().resolve_search(query, strict)
         extra = []
         if compartment is not None:
             compartment_type, compartment_id = compartment

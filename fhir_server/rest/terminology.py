@@ -38,12 +38,12 @@ def _routes(resource_type: str, name: str, implementation) -> None:
     async def type_level(request: Request) -> Response:
         response_media_type(request)
         inp = OperationInput(_query(request), await _body(request))
-        return fhir_response(request, await implementation(request.app.state.service.terminology, inp))
+        return fhir_response(request, await implementation(request.app.state.service.terminology.scoped(), inp))
 
     async def instance_level(request: Request, resource_id: str) -> Response:
         response_media_type(request)
         inp = OperationInput(_query(request), await _body(request))
-        term = request.app.state.service.terminology
+        term = request.app.state.service.terminology.scoped()
         resource = await term.definitions.read(resource_type, resource_id)
         return fhir_response(request, await implementation(term, inp, resource))
 

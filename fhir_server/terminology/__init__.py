@@ -18,10 +18,15 @@ if TYPE_CHECKING:
 
 
 class Terminology:
-    def __init__(self, service: ResourceService, max_expansion: int = 10000):
+    def __init__(self, service: ResourceService, max_expansion: int = 10000, definitions: Definitions | None = None):
         self.service = service
-        self.definitions = Definitions(service)
+        self.max_expansion = max_expansion
+        self.definitions = definitions or Definitions(service)
         self.valuesets = ValueSets(self.definitions, max_expansion)
+
+    def scoped(self) -> Terminology:
+        """The service for one request (see Definitions.scoped)."""
+        return Terminology(self.service, self.max_expansion, self.definitions.scoped())
 
     async def resolve_search(self, query: SearchQuery, strict: bool) -> None:
         await resolve_search(self, query, strict)

@@ -27,9 +27,15 @@ def _escape(value: str) -> str:
 
 
 class Definitions:
-    def __init__(self, service: ResourceService):
+    def __init__(self, service: ResourceService, compiled: dict[tuple[str, str, str], Any] | None = None,
+                 memo: dict[tuple[str, str, str | None], dict[str, Any] | None] | None = None):
         self.service = service
-        self._compiled: dict[tuple[str, str, str], Any] = {}  # (type, id, versionId) -> compiled form
+        self._compiled = {} if compiled is None else compiled  # (type, id, versionId) -> compiled form
+        self._memo = memo  # canonical look-ups of one request: a value set's includes often name one system
+
+    def scoped(self) -> Definitions:
+        """A view for one request: each canonical is looked up once; compiled forms are shared."""
+        return Definitions(self.service, self._compiled, {})
 
     async def find(self, resource_type: str, canonical: str, version: str | None = None, *,
                    tx: StoreTransaction | None = None) -> dict[str, Any] | None:
@@ -39,11 +45,17 @@ class Definitions:
         version = version or in_url
         if not url:
             return None
+        key = (resource_type, url, version)
+        if self._memo is not None and tx is None and key in self._memo:
+            return self._memo[key]
         params = [("url", _escape(url)), ("_sort", "-_lastUpdated"), ("_count", "1")]
         if version:
             params.append(("version", _escape(version)))
         _, page = await self.service.search((resource_type,), params, base_url="", strict=True, tx=tx)
-        return orjson.loads(page.matches[0].content) if page.matches else None
+        found = orjson.loads(page.matches[0].content) if page.matches else None
+        if self._memo is not None and tx is None:
+            self._memo[key] = found
+        return found
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """By id; NotFound (404) or Gone (410) when there is none."""

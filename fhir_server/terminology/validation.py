@@ -53,7 +53,7 @@ async def validate_operation(service: ResourceService, resource_type: str, query
         validate_resource(resource, resource_type)
     except InvalidResource as exc:
         issues += exc.issues
-    term = service.terminology
+    term = service.terminology.scoped()
     requested = inp.string("profile")
     if requested:
         if await term.definitions.find("StructureDefinition", requested) is None:
