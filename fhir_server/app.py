@@ -20,6 +20,7 @@ from .rest.errors import install_error_handlers
 from .rest.middleware import PathCorsMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
 from .rest.routes import router
+from .rest.terminology import router as terminology_router
 from .rest.workflows import router as workflows_router
 from .service import ResourceService
 from .settings import Settings
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.include_router(operations_router)  # before the generic /{type}/{id} routes that would take $operations
+    app.include_router(terminology_router)  # before the generic routes, like the other operations
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
     app.include_router(workflows_router)  # Patient $match/$merge/$everything, $referral-stats
     app.include_router(router)

@@ -41,6 +41,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, workers: in
     settings = Settings()
     if settings.dicom_port:
         _check_dicom_peers(settings)
+    if settings.terminology_load:
+        _check_terminology(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(_migrate(settings))  # once, before workers start
     base = settings.public_base_url
@@ -98,6 +100,16 @@ def _check_dicom_peers(settings: Settings) -> None:
     try:
         _ = settings.dicom_peer_table
     except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _check_terminology(settings: Settings) -> None:
+    """A missing terminology folder or a broken file in it stops the start, before any worker runs."""
+    from .terminology.loading import read_definitions, terminology_dir
+
+    try:
+        read_definitions(terminology_dir(settings))
+    except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -12,14 +12,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-_CHECKOUT = Path(__file__).resolve().parent.parent / "mappings"
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def data_folder(name: str, configured: str | None) -> Path:
+    """A folder of data beside the code (mappings/, terminology/): the configured one, else the
+    checkout's, else ./name (the Docker image's working directory)."""
+    if configured:
+        return Path(configured)
+    return _CHECKOUT / name if (_CHECKOUT / name).is_dir() else Path.cwd() / name
 
 
 def mappings_dir() -> Path:
-    configured = os.environ.get("FHIR_MAPPINGS_DIR")
-    if configured:
-        return Path(configured)
-    return _CHECKOUT if _CHECKOUT.is_dir() else Path.cwd() / "mappings"
+    return data_folder("mappings", os.environ.get("FHIR_MAPPINGS_DIR"))
 
 
 @cache

@@ -36,6 +36,8 @@ from .search.query import SearchQuery, compartment_clause, parse_search
 from .search.registry import Registry
 from .settings import Settings
 from .store import HistoryPage, ResourceStore, ResourceVersion, StoreTransaction, WriteResult
+from .terminology import Terminology
+from .terminology.loading import load_definitions, terminology_dir
 from .workflow import WriteRule, default_rules, rules_by_type
 
 
@@ -64,6 +66,7 @@ class ResourceService:
         self.settings = settings or Settings()
         self.custom = CustomParameters(store)
         self.rules = rules_by_type(default_rules())
+        self.terminology = Terminology(self, self.settings.terminology_max_expansion)
 
     @property
     def registry(self) -> Registry:
@@ -72,6 +75,8 @@ class ResourceService:
 
     async def start(self) -> None:
         await self.custom.load()
+        if self.settings.terminology_load:
+            await load_definitions(self, terminology_dir(self.settings))
 
     # ---- transactions ----
 
@@ -122,6 +127,17 @@ class ResourceService:
             check_definition(resource)
         return patient_key(resource_type, resource_id, resource), extract(resource_type, resource, self.registry)
 
+    async def _conform(self, resource_type: str, resource: dict[str, Any]) -> None:
+        """A resource that claims known profiles in meta.profile must conform to them (422 otherwise)."""
+        profiles = (resource.get("meta") or {}).get("profile")
+        if not profiles or not isinstance(profiles, list):
+            return
+        issues = [i for i in await self.terminology.scoped().profile_issues(resource, profiles, declared_only=True)
+                  if i.severity == "error"]
+        if issues:
+            summary = "; ".join(i.diagnostics for i in issues[:3])
+            raise Unprocessable(f"The {resource_type} does not conform to its profile: {summary}", issues=issues)
+
     # ---- writes ----
 
     async def create(self, resource_type: str, resource: dict[str, Any], *, if_none_exist: str | None = None,
@@ -136,6 +152,7 @@ class ResourceService:
         access = current_access()
         found = access.require(resource_type, "c") if access else None
         key, index = self._prepare(resource_type, resource_id, resource)
+        await self._conform(resource_type, resource)
         if tx is None and if_none_exist is None and resource_type != "SearchParameter" and found is None \
                 and not self._checked(resource_type):
             # nothing to match or to reload: a single write the store may do in one statement
@@ -166,6 +183,7 @@ class ResourceService:
                 resource = self._fill(resource_type, {k: v for k, v in resource.items() if k != "id"})
                 resource_id = resource_ids[position] if resource_ids else str(uuid.uuid4())
                 key, index = self._prepare(resource_type, resource_id, resource)
+                await self._conform(resource_type, resource)
             except FhirError as exc:
                 exc.item_index = position
                 raise
@@ -212,6 +230,7 @@ class ResourceService:
                 check_id(resource_id)
                 body = self._fill(resource_type, {k: v for k, v in resource.items() if k != "id"})
                 key, index = self._prepare(resource_type, resource_id, body)
+                await self._conform(resource_type, body)
                 items.append((resource_type, resource_id, body, key, index))
             except FhirError as exc:
                 errors.append((position, exc))
@@ -245,6 +264,7 @@ class ResourceService:
         found = access.require(resource_type, "u") if access else None
         resource = self._fill(resource_type, resource)
         key, index = self._prepare(resource_type, resource_id, resource)
+        await self._conform(resource_type, resource)
         async with self.transaction(tx) as t:
             if access is not None:
                 current = await t.read(resource_type, resource_id)
@@ -353,6 +373,7 @@ class ResourceService:
                              strict=True, default_count=limit, max_count=max(limit, 1))
         query.total = "none"
         query.count = limit
+        await self.terminology.scoped().resolve_search(query, strict=True)
         access = current_access()
         extra = [] if access is None else [c for c in [access.search_clause(self.registry, query)] if c is not None]
         return (await tx.search(query, extra)).matches
@@ -449,6 +470,7 @@ class ResourceService:
         await self.custom.refresh_if_changed()
         query = parse_search(self.registry, resource_types, params, base_url=base_url, strict=strict,
                              default_count=self.settings.default_page_size, max_count=self.settings.max_page_size)
+        await self.terminology.scoped().resolve_search(query, strict)
         extra = []
         if compartment is not None:
             compartment_type, compartment_id = compartment

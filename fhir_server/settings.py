@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     auth: str = "on"
     # With authorization on, every request (access or denial) is recorded as an AuditEvent.
     audit: bool = True
+    # CodeSystems, ValueSets, ConceptMaps, NamingSystems and profiles loaded into the store on start-up
+    # (empty: the checkout's terminology/, else ./terminology); FHIR_TERMINOLOGY_LOAD=false loads nothing.
+    terminology_dir: str = ""
+    terminology_load: bool = True
+    # Most codes one ValueSet expansion may hold (more is refused as too costly).
+    terminology_max_expansion: int = 10000
 
     @cached_property
     def effective_database_url(self) -> str:

@@ -147,7 +147,7 @@ def test_operation_definition_is_served_and_listed_in_metadata(client):
     statement = client.get("/metadata").json()
     observation = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Observation")
     operation = observation["operation"]
-    assert [o["name"] for o in operation] == ["ecg-triage"]
+    assert [o["name"] for o in operation] == ["ecg-triage", "validate"]
     definition = client.get(operation[0]["definition"].removeprefix(str(client.base_url).rstrip("/")))
     assert definition.status_code == 200
     body = definition.json()

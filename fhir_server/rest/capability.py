@@ -16,6 +16,19 @@ _COMMON_PARAMS = [("_id", "token"), ("_lastUpdated", "date"), ("_text", "string"
 _OPERATIONS = {"Observation": [("ecg-triage", "OperationDefinition/ecg-triage")],
                "Patient": [(name, f"http://hl7.org/fhir/OperationDefinition/Patient-{name}")
                            for name in ("match", "merge", "everything")]}
+_HL7_OPERATION = "http://hl7.org/fhir/OperationDefinition/"
+_TERMINOLOGY_OPERATIONS = {"CodeSystem": ["lookup", "validate-code", "subsumes"],
+                           "ValueSet": ["expand", "validate-code"], "ConceptMap": ["translate"]}
+_TOKEN_MODIFIERS = "Modifiers: :missing, :not, :text, :of-type (identifier), :in, :not-in (a ValueSet), " \
+                   ":below, :above (subsumption in a code system this server holds)"
+
+
+def _operations(rt: str, base: str) -> list[dict[str, str]]:
+    listed = [{"name": name, "definition": path if "://" in path else f"{base}/{path}"}
+              for name, path in _OPERATIONS.get(rt, [])]
+    listed += [{"name": name, "definition": f"{_HL7_OPERATION}{rt}-{name}"}
+               for name in _TERMINOLOGY_OPERATIONS.get(rt, [])]
+    return [*listed, {"name": "validate", "definition": f"{_HL7_OPERATION}Resource-validate"}]
 
 
 def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
@@ -25,6 +38,9 @@ def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
     search_params += [{"name": p.code, "definition": p.url, "type": p.type} for p in
                       sorted(params.values(), key=lambda p: p.code)
                       if p.code not in ("_id", "_lastUpdated") and p.type != "special"]
+    for param in search_params:
+        if param["type"] == "token" and param["name"] != "_id":
+            param["documentation"] = _TOKEN_MODIFIERS
     resource = {
         "type": rt,
         "interaction": [{"code": code} for code in _TYPE_INTERACTIONS],
@@ -39,9 +55,7 @@ def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
         "searchRevInclude": ["*"],
         "searchParam": search_params,
     }
-    if rt in _OPERATIONS:
-        resource["operation"] = [{"name": name, "definition": path if "://" in path else f"{base}/{path}"}
-                                 for name, path in _OPERATIONS[rt]]
+    resource["operation"] = _operations(rt, base)
     return resource
 
 

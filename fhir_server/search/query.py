@@ -64,6 +64,18 @@ class UriValue:
 
 
 @dataclass(frozen=True)
+class TermValue:
+    """A value of :in / :not-in (a ValueSet reference) or :below / :above (system|code). The terminology
+    service resolves it into groups of (system, codes; None: any code) before the query runs."""
+
+    raw: str
+    groups: tuple[tuple[str, frozenset[str] | None], ...] | None = None
+
+
+TERMINOLOGY_MODIFIERS = ("in", "not-in", "below", "above")
+
+
+@dataclass(frozen=True)
 class CompositeValue:
     first: TokenValue
     second: Any
@@ -88,6 +100,7 @@ class Clause:
     missing: bool | None = None
     by_type: dict[str, tuple[str, ...]] | None = None  # compartment over several types: its params per type
     include_self: bool = False  # compartment: the Patient itself too
+    source: tuple[str, str] | None = None  # the (name, value) pair it was parsed from
 
 
 @dataclass
@@ -247,6 +260,7 @@ class QueryParser:
         # System-level search uses the first type's definition: only common parameters (_tag, ...) apply
         clause = self.clause(query.resource_types[0], name, raw, depth=0)
         if clause is not None:
+            clause.source = (name, raw)
             query.clauses.append(clause)
             query.self_params.append((name, raw))  # links repeat only what was applied
 
@@ -286,7 +300,8 @@ class QueryParser:
         raws = _split_or(raw)
         if any(v == "" for v in raws):
             raise ValueError("empty value")
-        allowed = {"token": {None, "not", "text", "of-type"}, "string": {None, "exact", "contains"},
+        allowed = {"token": {None, "not", "text", "of-type", *TERMINOLOGY_MODIFIERS},
+                   "string": {None, "exact", "contains"},
                    "reference": {None, "identifier"} | set(param.targets), "uri": {None, "below", "above"},
                    "date": {None}, "number": {None}, "quantity": {None}, "composite": {None}}
         if modifier not in allowed.get(kind, {None}):
@@ -304,6 +319,10 @@ class QueryParser:
                     raise ValueError(f"'{v}': of-type takes system|code|value")
                 values.append(TokenValue(f"{parts[0]}|{parts[1]}", parts[2]))
             clause.values = values
+        elif kind == "token" and modifier in TERMINOLOGY_MODIFIERS:
+            if modifier in ("below", "above") and any(not all(v.partition("|")[::2]) for v in raws):
+                raise ValueError(f":{modifier} takes system|code")
+            clause.values = [TermValue(v) for v in raws]
         elif kind == "reference" and modifier == "identifier":
             clause.values = [parse_token(v) for v in raws]
         elif kind == "reference":

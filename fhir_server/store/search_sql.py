@@ -16,12 +16,14 @@ from sqlalchemy.sql.elements import ColumnElement
 from ..model.outcome import BadRequest
 from ..search.dates import MAX_MS, MIN_MS, from_ms
 from ..search.query import (
+    TERMINOLOGY_MODIFIERS,
     Clause,
     CompositeValue,
     RangeValue,
     ReferenceValue,
     SearchQuery,
     StringValue,
+    TermValue,
     TokenValue,
 )
 from .base import ResourceVersion
@@ -32,6 +34,7 @@ _TOP = "\U0010ffff"
 _INDEX_KINDS = frozenset({"token", "string", "date", "date_all", "number", "quantity", "reference", "uri",
                           "composite"})
 _BIG = 1e300
+_NEGATED = frozenset({"not", "not-in"})  # modifiers that match resources without such an index row
 _ROW_COLUMNS = (res.c.pk, res.c.resource_type, res.c.id, res.c.version_id, res.c.last_updated, res.c.content)
 
 
@@ -123,6 +126,15 @@ def _token_condition(t, v: TokenValue, system_col=None, code_col=None) -> Column
     return and_(*parts) if parts else true()
 
 
+def _token_set_condition(t, v: TermValue) -> ColumnElement:
+    """:in / :not-in / :below / :above, resolved to (system, codes) groups; codes None: any code."""
+    if v.groups is None:
+        raise BadRequest(f"Search value '{v.raw}' was not resolved by the terminology service")
+    parts = [t.c.system == system if codes is None else and_(t.c.system == system, t.c.code.in_(sorted(codes)))
+             for system, codes in v.groups]
+    return or_(*parts) if parts else false()
+
+
 def _quantity_condition(t, v: RangeValue, value_col=None, canon_value_col=None) -> ColumnElement:
     value_col = t.c.value if value_col is None else value_col
     raw = [number_condition(v.prefix, value_col, v.value, v.low, v.high)]
@@ -202,7 +214,7 @@ class SearchSql:
         if kind == "compartment":
             return self._compartment(clause, r, types)
         sub = self.index_subquery(clause, types)
-        return r.c.pk.not_in(sub) if clause.modifier == "not" else r.c.pk.in_(sub)
+        return r.c.pk.not_in(sub) if clause.modifier in _NEGATED else r.c.pk.in_(sub)
 
     def _compartment(self, clause: Clause, r, types: tuple[str, ...]) -> ColumnElement:
         t = SEARCH_TABLES["reference"]
@@ -247,6 +259,8 @@ class SearchSql:
 
     def _value_builder(self, clause: Clause):
         kind, code, modifier = clause.kind, clause.code, clause.modifier
+        if kind == "token" and modifier in TERMINOLOGY_MODIFIERS:
+            return "token", code, _token_set_condition
         if kind == "token":
             return "token", f"{code}:of-type" if modifier == "of-type" else code, _token_condition
         if kind == "string":
@@ -368,7 +382,7 @@ async def run_search(conn: AsyncConnection, dialect: str, query: SearchQuery,
     if query.total in ("accurate", "estimate") or query.summary == "count" or (
             query.count == 0 and query.total != "none"):
         clauses = [*query.clauses, *(extra or [])]
-        if len(clauses) == 1 and clauses[0].kind in _INDEX_KINDS and clauses[0].modifier != "not":
+        if len(clauses) == 1 and clauses[0].kind in _INDEX_KINDS and clauses[0].modifier not in _NEGATED:
             # One indexed condition: index rows exist only for live resources, so count them directly
             # instead of joining the resources table (which led to a sequential scan of it).
             sub = sql.index_subquery(clauses[0], types).subquery()
