@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..auth.grant import system_access
 from .codesystem import CodeSystemIndex
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ class Definitions:
         params = [("url", _escape(url)), ("_sort", "-_lastUpdated"), ("_count", "1")]
         if version:
             params.append(("version", _escape(version)))
-        _, page = await self.service.search((resource_type,), params, base_url="", strict=True, tx=tx)
+        with system_access():  # resolving a canonical for the server's own use (:in, bindings, profiles)
+            _, page = await self.service.search((resource_type,), params, base_url="", strict=True, tx=tx)
         found = orjson.loads(page.matches[0].content) if page.matches else None
         if self._memo is not None and tx is None:
             self._memo[key] = found
