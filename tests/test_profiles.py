@@ -5,6 +5,7 @@ and instance level; and creates/updates that claim a known profile must conform 
 from __future__ import annotations
 
 import copy
+import random
 import uuid
 
 import pytest
@@ -49,7 +50,12 @@ BLOOD_PRESSURE = {
 
 
 def changed(resource: dict, **fields) -> dict:
+    """A copy with fields replaced (None: removed); a Patient gets a resident ID number of its own, as
+    the server refuses a second active Patient with the same one."""
     out = copy.deepcopy(resource)
+    for identifier in out.get("identifier", []) if out.get("resourceType") == "Patient" else []:
+        if identifier.get("system") == RID:
+            identifier["value"] = f"{random.randrange(10**16, 10**17)}X"
     for key, value in fields.items():
         if value is None:
             out.pop(key, None)
