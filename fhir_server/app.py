@@ -19,9 +19,11 @@ from .rest.errors import install_error_handlers
 from .rest.middleware import PathCorsMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
 from .rest.routes import router
+from .rest.subscriptions import router as subscriptions_router
 from .service import ResourceService
 from .settings import Settings
 from .store import open_store
+from .subscriptions.dispatcher import Dispatcher
 
 log = logging.getLogger("fhir_server")
 
@@ -40,10 +42,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = ResourceService(store, settings)
         await app.state.service.start()
         app.state.dicom = DicomIngest(app.state.service)  # STOW-RS stores through the SCP's ingest path
+        app.state.subscriptions = Dispatcher(app.state.service)
+        app.state.service.on_write = app.state.subscriptions.written
+        await app.state.subscriptions.start()
         log.info("ready", extra={"backend": store.backend})
         try:
             yield
         finally:
+            await app.state.subscriptions.stop()
             await app.state.service.custom.wait()
             await store.close()
 
@@ -70,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(operations_router)  # before the generic /{type}/{id} routes that would take $operations
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
+    app.include_router(subscriptions_router)
     app.include_router(router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        path_limits={DICOMWEB: settings.dicomweb_max_body_bytes})

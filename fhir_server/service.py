@@ -6,7 +6,7 @@ caller's (a transaction Bundle)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -25,6 +25,10 @@ from .search.query import SearchQuery, compartment_clause, parse_search
 from .search.registry import Registry
 from .settings import Settings
 from .store import HistoryPage, ResourceStore, ResourceVersion, StoreTransaction, WriteResult
+from .subscriptions import rules as subscription_rules
+
+# Types whose writes need the transaction path: their hooks read or write more than the resource.
+_HOOKED_TYPES = ("SearchParameter", "Subscription")
 
 
 def check_type(resource_type: str) -> None:
@@ -51,6 +55,8 @@ class ResourceService:
         self.store = store
         self.settings = settings or Settings()
         self.custom = CustomParameters(store)
+        # Called with the resource type after each committed write (the subscription dispatcher's wake-up).
+        self.on_write: Callable[[str], None] | None = None
 
     @property
     def registry(self) -> Registry:
@@ -70,18 +76,32 @@ class ResourceService:
             return
         async with self.store.transaction() as new:
             new.changed_parameters = []  # SearchParameter writes, handled after commit
+            new.written_types = set()
             yield new
         for definition in new.changed_parameters:
             await self.custom.changed(definition)
+        if self.on_write is not None:
+            for resource_type in new.written_types:
+                self.on_write(resource_type)
 
-    def _after_write(self, tx: StoreTransaction, resource_type: str, resource: dict[str, Any] | None) -> None:
+    async def _after_write(self, tx: StoreTransaction, resource_type: str, resource_id: str,
+                           resource: dict[str, Any] | None) -> None:
         if resource_type == "SearchParameter":
             tx.changed_parameters.append(resource)
+        elif resource_type == "Subscription":
+            await tx.track_subscription(resource_id, subscription_rules.watched_type(resource))
+        tx.written_types.add(resource_type)
 
-    def _prepare(self, resource_type: str, resource_id: str, resource: dict[str, Any]):
+    def _prepare(self, resource_type: str, resource_id: str, resource: dict[str, Any], *, client: bool = True):
+        """Validate and index a resource to be written. A client's Subscription gets the status the
+        server gives it (in place): only the server's own status writes pass client=False."""
+        if resource_type == "Subscription" and client:
+            subscription_rules.client_status(resource)
         validate_resource(resource, resource_type)
         if resource_type == "SearchParameter" and is_active(resource):
             check_definition(resource)
+        elif resource_type == "Subscription":
+            subscription_rules.check(resource, self.registry)
         return patient_key(resource_type, resource_id, resource), extract(resource_type, resource, self.registry)
 
     # ---- writes ----
@@ -95,9 +115,12 @@ class ResourceService:
         resource = {k: v for k, v in resource.items() if k != "id"}  # spec: the server ignores a client id
         resource_id = resource_id or str(uuid.uuid4())
         key, index = self._prepare(resource_type, resource_id, resource)
-        if tx is None and if_none_exist is None and resource_type != "SearchParameter":
+        if tx is None and if_none_exist is None and resource_type not in _HOOKED_TYPES:
             # nothing to match or to reload: a single write the store may do in one statement
-            return WriteResult(await self.store.create(resource_type, resource_id, resource, key, index), True)
+            version = await self.store.create(resource_type, resource_id, resource, key, index)
+            if self.on_write is not None:
+                self.on_write(resource_type)
+            return WriteResult(version, True)
         async with self.transaction(tx) as t:
             if if_none_exist is not None:
                 matches = await self.match(t, resource_type, if_none_exist, lock=True)
@@ -106,7 +129,7 @@ class ResourceService:
                 if matches:
                     return WriteResult(matches[0], False)
             version = await t.create(resource_type, resource_id, resource, key, index)
-            self._after_write(t, resource_type, resource)
+            await self._after_write(t, resource_type, resource_id, resource)
         return WriteResult(version, True)
 
     async def create_many(self, resources: list[dict[str, Any]], *, tx: StoreTransaction | None = None,
@@ -128,7 +151,7 @@ class ResourceService:
         async with self.transaction(tx) as t:
             versions = await t.create_many(items)
             for item in items:
-                self._after_write(t, item[0], item[2])
+                await self._after_write(t, item[0], item[1], item[2])
         return versions
 
     async def upsert_many(self, resources: list[dict[str, Any]]) -> tuple[int, list[tuple[int, FhirError]]]:
@@ -152,12 +175,12 @@ class ResourceService:
             async with self.transaction() as tx:
                 await tx.create_many(items)
                 for item in items:
-                    self._after_write(tx, item[0], item[2])
+                    await self._after_write(tx, item[0], item[1], item[2])
         except Conflict:  # some already exist: write version by version instead
             async with self.transaction() as tx:
                 for resource_type, resource_id, body, key, index in items:
                     await tx.update(resource_type, resource_id, body, patient_key=key, index=index)
-                    self._after_write(tx, resource_type, body)
+                    await self._after_write(tx, resource_type, resource_id, body)
         return len(items), errors
 
     async def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
@@ -176,7 +199,25 @@ class ResourceService:
         async with self.transaction(tx) as t:
             result = await t.update(resource_type, resource_id, resource, if_match=if_match, patient_key=key,
                                     index=index)
-            self._after_write(t, resource_type, resource)
+            await self._after_write(t, resource_type, resource_id, resource)
+        return result
+
+    async def set_subscription_status(self, subscription_id: str, version_id: int, status: str,
+                                      error: str | None = None) -> WriteResult:
+        """The server's own status write (active once checked, error, off once ended), as a new version
+        of the version it judged: PreconditionFailed if a client has written it since."""
+        async with self.transaction() as t:
+            current = await self.read("Subscription", subscription_id, tx=t)
+            resource = orjson.loads(current.content)
+            resource["status"] = status
+            if error:
+                resource["error"] = error[:1000]
+            else:
+                resource.pop("error", None)
+            key, index = self._prepare("Subscription", subscription_id, resource, client=False)
+            result = await t.update("Subscription", subscription_id, resource, if_match=version_id, patient_key=key,
+                                    index=index)
+            await self._after_write(t, "Subscription", subscription_id, resource)
         return result
 
     async def conditional_update(self, resource_type: str, criteria: str, resource: dict[str, Any], *,
@@ -205,7 +246,7 @@ class ResourceService:
         async with self.transaction(tx) as t:
             version = await t.delete(resource_type, resource_id, if_match=if_match)
             if version is not None:
-                self._after_write(t, resource_type, None)
+                await self._after_write(t, resource_type, resource_id, None)
         return version
 
     async def conditional_delete(self, resource_type: str, criteria: str, *,
