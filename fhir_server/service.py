@@ -93,14 +93,16 @@ class ResourceService:
         tx.written_types.add(resource_type)
 
     def _prepare(self, resource_type: str, resource_id: str, resource: dict[str, Any], *, client: bool = True):
-        """Validate and index a resource to be written. A client's Subscription gets the status the
-        server gives it (in place): only the server's own status writes pass client=False."""
-        if resource_type == "Subscription" and client:
+        """Validate and index a resource to be written. A client's Subscription is checked and gets the
+        status the server gives it (in place); the server's own status writes pass client=False (the
+        server may have to record that criteria which were valid no longer are)."""
+        subscription = resource_type == "Subscription" and client
+        if subscription:
             subscription_rules.client_status(resource)
         validate_resource(resource, resource_type)
         if resource_type == "SearchParameter" and is_active(resource):
             check_definition(resource)
-        elif resource_type == "Subscription":
+        elif subscription:
             subscription_rules.check(resource, self.registry)
         return patient_key(resource_type, resource_id, resource), extract(resource_type, resource, self.registry)
 

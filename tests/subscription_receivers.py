@@ -17,6 +17,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float  # time.monotonic() on arrival
 
 
 class Receiver:
@@ -42,7 +43,8 @@ class Receiver:
                 with receiver._lock:
                     receiver.answered.append(status)
                     if 200 <= status < 300:
-                        receiver.received.append(Received("POST", self.path, dict(self.headers.items()), body))
+                        receiver.received.append(Received("POST", self.path, dict(self.headers.items()), body,
+                                                         time.monotonic()))
                     receiver._lock.notify_all()
                 self.send_response(status)
                 self.send_header("Content-Length", "0")

@@ -232,6 +232,18 @@ def test_a_client_write_is_checked_again(http, receiver):
                                                                               + 1)
 
 
+def test_criteria_that_lose_their_search_parameter_put_the_subscription_in_error(http, receiver):
+    code = f"ward{time.monotonic_ns()}"
+    parameter = {"resourceType": "SearchParameter", "id": code, "name": code, "status": "active",
+                 "url": f"http://alliance.example/fhir/sp/{code}", "description": "ward", "code": code,
+                 "base": ["Observation"], "type": "string", "expression": "Observation.note.text"}
+    assert http.put(f"/SearchParameter/{code}", json=parameter).status_code == 201
+    sub = active(http, f"Observation?{code}=east", receiver.url)
+    assert http.put(f"/SearchParameter/{code}", json={**parameter, "status": "retired"}).status_code == 200
+    errored = wait_status(http, sub["id"], "error")
+    assert errored["error"] == f"Subscription.criteria: Unknown search parameter '{code}' for Observation"
+
+
 def test_the_version_written_is_judged_not_the_current_one(http, receiver, sub_server, tmp_path):
     """Two versions of one resource committed together (the loader writes an NDJSON unit in one
     transaction): the first matches the criteria, the second does not; only the first is notified."""

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
-from ..model.outcome import FhirError, PreconditionFailed
+from ..model.outcome import FhirError
 from ..search.extract import extract
 from ..store import subscriptions as outbox
 from ..store.subscriptions import Delivery, Event
@@ -140,30 +140,31 @@ class Dispatcher:
         try:
             result = await self.service.set_subscription_status(subscription.id, subscription.version_id, status,
                                                                 error)
-        except (PreconditionFailed, FhirError):  # a client (or another worker) wrote it since: judge it again
+        except FhirError:  # a client (or another worker) wrote it since, or deleted it: judge it again
             return
         subscription.version_id = result.version.version_id
         subscription.resource = orjson.loads(result.version.content)
         log.info("subscription status", extra={"subscription": subscription.id, "status": status, "error": error})
 
     async def _manage(self, subscriptions: dict[str, Subscription]) -> None:
+        await self.service.custom.refresh_if_changed()
         for subscription in subscriptions.values():
             if rules.end_passed(subscription.resource):
                 await self._set_status(subscription, "off", "The subscription's end has passed")
-            elif subscription.status == "requested":
-                try:
+            elif subscription.status in ("requested", "active"):
+                try:  # again for active ones: a SearchParameter the criteria use may have gone
                     rules.criteria_query(self.service.registry, subscription.resource.get("criteria") or "")
                 except FhirError as exc:
                     await self._set_status(subscription, "error", str(exc))
                 else:
-                    await self._set_status(subscription, "active")
+                    if subscription.status == "requested":
+                        await self._set_status(subscription, "active")
 
     # ---- matching change events ----
 
     async def _match(self) -> bool:
         if not await outbox.has_rows(self.store, "events"):
             return False
-        await self.service.custom.refresh_if_changed()
         batch = self.settings.subscription_batch
         async with self.store.transaction() as tx:
             events = await outbox.claim_events(tx, batch)
