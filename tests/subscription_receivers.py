@@ -73,11 +73,3 @@ class Receiver:
                 assert left > 0, f"{len(self.received)} of {count} notifications arrived (answers {self.answered})"
                 self._lock.wait(left)
             return list(self.received[:count])
-
-    def wait_answers(self, count: int, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while len(self.answered) < count:
-                left = deadline - time.monotonic()
-                assert left > 0, f"{len(self.answered)} of {count} requests arrived"
-                self._lock.wait(left)

@@ -14,6 +14,7 @@ FHIR_SUBSCRIPTION_MAX_ATTEMPTS failures the subscription's status is `error` unt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -74,10 +75,8 @@ class Dispatcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._http is not None:
             await self._http.aclose()
 
