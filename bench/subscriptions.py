@@ -54,7 +54,7 @@ def arrivals(receiver: Receiver) -> dict[str, float]:
 
 
 def run_backend(backend: str, url: str, args: argparse.Namespace, folder: Path) -> dict:
-    env = {"FHIR_DATABASE_URL": url, "FHIR_LOG_LEVEL": "WARNING"}
+    env = {"FHIR_DATABASE_URL": url, "FHIR_LOG_LEVEL": "WARNING", "FHIR_AUTH": "off"}
     server = Server(folder, args.workers, env)
     receiver = Receiver().start()
     try:

@@ -125,6 +125,11 @@ async def release(store: SqlResourceStore, pks: list[int]) -> None:
             await tx.conn.execute(update(sd).where(sd.c.pk.in_(pks)).values(claimed_until=None))
 
 
+async def renew(store: SqlResourceStore, pks: list[int], until: datetime) -> None:
+    async with store.transaction() as tx:
+        await tx.conn.execute(update(sd).where(sd.c.pk.in_(pks)).values(claimed_until=until))
+
+
 async def failed(store: SqlResourceStore, delivery: Delivery, error: str, retry_at: datetime,
                  claimed: list[int]) -> None:
     """Count a failed attempt and hold back every later delivery of the subscription until the retry

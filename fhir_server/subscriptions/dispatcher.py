@@ -65,6 +65,9 @@ class Dispatcher:
         self._task: asyncio.Task | None = None
         self._http: httpx.AsyncClient | None = None
         self._housekeeping_at = 0.0
+        self._in_flight: set[int] = set()  # claimed deliveries, given back if the server stops
+        # A claimed delivery's lease: one POST's time and a margin (renewed for a long queue, see _deliver_group)
+        self._lease = timedelta(seconds=self.settings.subscription_timeout_s + 5)
 
     # ---- life cycle ----
 
@@ -77,6 +80,9 @@ class Dispatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._in_flight:  # a restart need not wait for the leases to run out
+            with contextlib.suppress(Exception):
+                await outbox.release(self.store, sorted(self._in_flight))
         if self._http is not None:
             await self._http.aclose()
 
@@ -212,16 +218,20 @@ class Dispatcher:
         if not await outbox.has_rows(self.store, "deliveries"):
             return False
         now = _now()
-        lease = timedelta(seconds=self.settings.subscription_timeout_s * 3 + 30)
         batch = self.settings.subscription_batch
-        claimed = await outbox.claim_deliveries(self.store, now, now + lease, batch, self.sockets.bound_ids())
+        claimed = await outbox.claim_deliveries(self.store, now, now + self._lease, batch, self.sockets.bound_ids())
         groups: dict[str, list[Delivery]] = defaultdict(list)
         for delivery in claimed:
             groups[delivery.subscription_id].append(delivery)
-        await asyncio.gather(*(self._deliver_group(sub_id, items) for sub_id, items in groups.items()))
+        self._in_flight.update(d.pk for d in claimed)
+        try:
+            await asyncio.gather(*(self._deliver_group(sub_id, items, now + self._lease)
+                                   for sub_id, items in groups.items()))
+        finally:
+            self._in_flight.difference_update(d.pk for d in claimed)
         return len(claimed) == batch
 
-    async def _deliver_group(self, subscription_id: str, items: list[Delivery]) -> None:
+    async def _deliver_group(self, subscription_id: str, items: list[Delivery], leased_until: datetime) -> None:
         """One subscription's claimed notifications, in order; the first failure holds back the rest."""
         pks = [item.pk for item in items]
         version = await self.store.read("Subscription", subscription_id)
@@ -236,6 +246,9 @@ class Dispatcher:
             await outbox.release(self.store, pks)
             return
         for position, item in enumerate(items):
+            if _now() + self._lease > leased_until:  # a slow receiver: keep the rest of the queue ours
+                leased_until = _now() + self._lease
+                await outbox.renew(self.store, pks[position:], leased_until)
             error = await self._send(subscription, item)
             if error is None:
                 await outbox.remove_deliveries(self.store, [item.pk])
@@ -271,9 +284,10 @@ class Dispatcher:
             body = version.content.encode()
             headers.append(("Content-Type", payload))
         try:
-            response = await self._http.post(channel["endpoint"], content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+            async with asyncio.timeout(self.settings.subscription_timeout_s):  # the whole POST, not each step
+                response = await self._http.post(channel["endpoint"], content=body, headers=headers)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:500]
         if 200 <= response.status_code < 300:
             return None
         return f"HTTP {response.status_code} from {channel['endpoint']}"
