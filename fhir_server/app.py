@@ -20,11 +20,13 @@ from .rest.errors import install_error_handlers
 from .rest.middleware import PathCorsMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
 from .rest.routes import router
+from .rest.subscriptions import router as subscriptions_router
 from .rest.terminology import router as terminology_router
 from .rest.workflows import router as workflows_router
 from .service import ResourceService
 from .settings import Settings
 from .store import open_store
+from .subscriptions.dispatcher import Dispatcher
 
 log = logging.getLogger("fhir_server")
 
@@ -46,12 +48,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.auth_enabled and settings.audit:
             app.state.audit = AuditTrail(app.state.service)
             app.state.audit.start()
+        app.state.subscriptions = Dispatcher(app.state.service)
+        app.state.service.on_write = app.state.subscriptions.written
+        await app.state.subscriptions.start()
         log.info("ready", extra={"backend": store.backend})
         try:
             yield
         finally:
             if app.state.audit is not None:
                 await app.state.audit.stop()
+            await app.state.subscriptions.stop()
             await app.state.service.custom.wait()
             await store.close()
 
@@ -81,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(terminology_router)  # before the generic routes, like the other operations
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
     app.include_router(workflows_router)  # Patient $match/$merge/$everything, $referral-stats
+    app.include_router(subscriptions_router)
     app.include_router(router)
     if settings.rate_limit_per_s > 0:
         app.add_middleware(RateLimitMiddleware, per_second=settings.rate_limit_per_s,

@@ -6,7 +6,7 @@ caller's (a transaction Bundle)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -36,9 +36,13 @@ from .search.query import SearchQuery, compartment_clause, parse_search
 from .search.registry import Registry
 from .settings import Settings
 from .store import HistoryPage, ResourceStore, ResourceVersion, StoreTransaction, WriteResult
+from .subscriptions import rules as subscription_rules
 from .terminology import Terminology
 from .terminology.loading import load_definitions, terminology_dir
 from .workflow import WriteRule, default_rules, rules_by_type
+
+# Types whose writes need the transaction path: their hooks read or write more than the resource.
+_HOOKED_TYPES = ("SearchParameter", "Subscription")
 
 
 def check_type(resource_type: str) -> None:
@@ -67,6 +71,8 @@ class ResourceService:
         self.custom = CustomParameters(store)
         self.rules = rules_by_type(default_rules())
         self.terminology = Terminology(self, self.settings.terminology_max_expansion)
+        # Called with the resource type after each committed write (the subscription dispatcher's wake-up).
+        self.on_write: Callable[[str], None] | None = None
 
     @property
     def registry(self) -> Registry:
@@ -88,13 +94,21 @@ class ResourceService:
             return
         async with self.store.transaction() as new:
             new.changed_parameters = []  # SearchParameter writes, handled after commit
+            new.written_types = set()
             yield new
         for definition in new.changed_parameters:
             await self.custom.changed(definition)
+        if self.on_write is not None:
+            for resource_type in new.written_types:
+                self.on_write(resource_type)
 
-    def _after_write(self, tx: StoreTransaction, resource_type: str, resource: dict[str, Any] | None) -> None:
+    async def _after_write(self, tx: StoreTransaction, resource_type: str, resource_id: str,
+                           resource: dict[str, Any] | None) -> None:
         if resource_type == "SearchParameter":
             tx.changed_parameters.append(resource)
+        elif resource_type == "Subscription":
+            await tx.track_subscription(resource_id, subscription_rules.watched_type(resource))
+        tx.written_types.add(resource_type)
 
     # ---- workflow rules (fhir_server/workflow) ----
 
@@ -121,10 +135,18 @@ class ResourceService:
             for rule in self._checked(resource_type):
                 await rule.check(self, tx, resource_type, resource_id, resource, previous)
 
-    def _prepare(self, resource_type: str, resource_id: str, resource: dict[str, Any]):
+    def _prepare(self, resource_type: str, resource_id: str, resource: dict[str, Any], *, client: bool = True):
+        """Validate and index a resource to be written. A client's Subscription is checked and gets the
+        status the server gives it (in place); the server's own status writes pass client=False (the
+        server may have to record that criteria which were valid no longer are)."""
+        subscription = resource_type == "Subscription" and client
+        if subscription:
+            subscription_rules.client_status(resource)
         validate_resource(resource, resource_type)
         if resource_type == "SearchParameter" and is_active(resource):
             check_definition(resource)
+        elif subscription:
+            subscription_rules.check(resource, self.registry)
         return patient_key(resource_type, resource_id, resource), extract(resource_type, resource, self.registry)
 
     async def _conform(self, resource_type: str, resource: dict[str, Any]) -> None:
@@ -153,10 +175,13 @@ class ResourceService:
         found = access.require(resource_type, "c") if access else None
         key, index = self._prepare(resource_type, resource_id, resource)
         await self._conform(resource_type, resource)
-        if tx is None and if_none_exist is None and resource_type != "SearchParameter" and found is None \
+        if tx is None and if_none_exist is None and resource_type not in _HOOKED_TYPES and found is None \
                 and not self._checked(resource_type):
             # nothing to match or to reload: a single write the store may do in one statement
-            return WriteResult(await self.store.create(resource_type, resource_id, resource, key, index), True)
+            version = await self.store.create(resource_type, resource_id, resource, key, index)
+            if self.on_write is not None:
+                self.on_write(resource_type)
+            return WriteResult(version, True)
         async with self.transaction(tx) as t:
             if if_none_exist is not None:
                 matches = await self.match(t, resource_type, if_none_exist, lock=True)
@@ -168,7 +193,7 @@ class ResourceService:
             if found is not None:  # the new resource must be one the token may create (compartment, restriction)
                 await access.check(self, resource_type, resource_id, "c", t, found)
             await self._check(t, resource_type, resource_id, resource, None)
-            self._after_write(t, resource_type, resource)
+            await self._after_write(t, resource_type, resource_id, resource)
         return WriteResult(version, True)
 
     async def create_many(self, resources: list[dict[str, Any]], *, tx: StoreTransaction | None = None,
@@ -199,7 +224,7 @@ class ResourceService:
                 except FhirError as exc:
                     exc.item_index = position
                     raise
-                self._after_write(t, resource_type, resource)
+                await self._after_write(t, resource_type, resource_id, resource)
         return versions
 
     async def _check_created(self, access, tx: StoreTransaction, items: list[tuple]) -> None:
@@ -240,12 +265,12 @@ class ResourceService:
             async with self.transaction() as tx:
                 await tx.create_many(items)
                 for item in items:
-                    self._after_write(tx, item[0], item[2])
+                    await self._after_write(tx, item[0], item[1], item[2])
         except Conflict:  # some already exist: write version by version instead
             async with self.transaction() as tx:
                 for resource_type, resource_id, body, key, index in items:
                     await tx.update(resource_type, resource_id, body, patient_key=key, index=index)
-                    self._after_write(tx, resource_type, body)
+                    await self._after_write(tx, resource_type, resource_id, body)
         return len(items), errors
 
     async def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
@@ -278,7 +303,25 @@ class ResourceService:
             if found is not None:  # ... and is what it wrote still its own?
                 await access.check(self, resource_type, resource_id, "u", t, found)
             await self._check(t, resource_type, resource_id, resource, previous)
-            self._after_write(t, resource_type, resource)
+            await self._after_write(t, resource_type, resource_id, resource)
+        return result
+
+    async def set_subscription_status(self, subscription_id: str, version_id: int, status: str,
+                                      error: str | None = None) -> WriteResult:
+        """The server's own status write (active once checked, error, off once ended), as a new version
+        of the version it judged: PreconditionFailed if a client has written it since."""
+        async with self.transaction() as t:
+            current = await self.read("Subscription", subscription_id, tx=t)
+            resource = orjson.loads(current.content)
+            resource["status"] = status
+            if error:
+                resource["error"] = error[:1000]
+            else:
+                resource.pop("error", None)
+            key, index = self._prepare("Subscription", subscription_id, resource, client=False)
+            result = await t.update("Subscription", subscription_id, resource, if_match=version_id, patient_key=key,
+                                    index=index)
+            await self._after_write(t, "Subscription", subscription_id, resource)
         return result
 
     async def conditional_update(self, resource_type: str, criteria: str, resource: dict[str, Any], *,
@@ -315,7 +358,7 @@ class ResourceService:
             version = await t.delete(resource_type, resource_id, if_match=if_match)
             if version is not None:
                 await self._check(t, resource_type, resource_id, None, previous)
-                self._after_write(t, resource_type, None)
+                await self._after_write(t, resource_type, resource_id, None)
         return version
 
     async def conditional_delete(self, resource_type: str, criteria: str, *,

@@ -77,6 +77,20 @@ class Settings(BaseSettings):
     terminology_load: bool = True
     # Most codes one ValueSet expansion may hold (more is refused as too costly).
     terminology_max_expansion: int = 10000
+    # Subscriptions: how often each worker's dispatcher looks for change events written by other processes
+    # (its own writes wake it at once), and how many events or notifications it takes at a time.
+    subscription_poll_s: float = 1.0
+    subscription_batch: int = 100
+    # A rest-hook notification that fails is retried after base, 2 x base, 4 x base ... seconds (at most
+    # max); after this many failed attempts the subscription's status becomes error (retries go on at the
+    # longest interval, and a later success makes it active again).
+    subscription_max_attempts: int = 5
+    subscription_retry_base_s: float = 2.0
+    subscription_retry_max_s: float = 300.0
+    # Time allowed for one rest-hook POST (connect and answer).
+    subscription_timeout_s: float = 10.0
+    # Pings owed to a websocket subscription wait this long for a client to bind.
+    subscription_websocket_retention_s: float = 86400.0
 
     @cached_property
     def effective_database_url(self) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 from .. import __version__
 from ..model.types import RESOURCE_TYPES
 from ..search.registry import Registry
+from .subscriptions import EXTENSION as WEBSOCKET_EXTENSION
+from .subscriptions import websocket_url
 
 _TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                       "search-type"]
@@ -72,6 +74,7 @@ def capability_statement(base: str, backend: str, registry: Registry) -> dict[st
         "fhirVersion": "4.0.1",
         "format": ["json", "application/fhir+json", "application/json"],
         "rest": [{
+            "extension": [{"url": WEBSOCKET_EXTENSION, "valueUri": websocket_url(base)}],  # Subscription channel
             "mode": "server",
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},

@@ -82,6 +82,11 @@ class StoreTransaction(ABC):
     async def replace_index(self, pk: int, resource_type: str, index: Any) -> None:
         """Rewrite the search index rows of one resource (re-indexing after a parameter change)."""
 
+    @abstractmethod
+    async def track_subscription(self, subscription_id: str, resource_type: str | None) -> None:
+        """Writes of resource_type record change events for this subscription from now on (None: no
+        more, and its undelivered notifications are dropped)."""
+
 
 class ResourceStore(ABC):
     backend: str

@@ -43,14 +43,20 @@ async def _v4_dicom_instances(conn: AsyncConnection) -> None:
     await conn.run_sync(schema.metadata.create_all, tables=[schema.dicom_instances])
 
 
+async def _v6_subscriptions(conn: AsyncConnection) -> None:
+    await conn.run_sync(schema.metadata.create_all, tables=[schema.subscription_types, schema.subscription_events,
+                                                            schema.subscription_deliveries])
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "resources and resource_versions", _v1_resources),
     Migration(2, "search index tables", _v2_search_index),
     Migration(3, "GiST range index on search_date (PostgreSQL)", _v3_date_ranges),
     Migration(4, "DICOM instance index", _v4_dicom_instances),
+    Migration(6, "subscription outbox and deliveries", _v6_subscriptions),
 ]
 
-LATEST_VERSION = MIGRATIONS[-1].version
+LATEST_VERSION = max(step.version for step in MIGRATIONS)
 
 
 async def applied_versions(conn: AsyncConnection) -> set[int]:

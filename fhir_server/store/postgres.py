@@ -60,8 +60,14 @@ def _pg_type(column) -> str:
 _ROW_KEYS = {name: ["param", *[str(c.name) for c in table.columns][3:]] for name, table in SEARCH_TABLES.items()}
 
 
+# A change event for the subscriptions, recorded only when some subscription watches the type.
+_EVENT_CTE = ("e AS (INSERT INTO subscription_events (resource_type, resource_id, version_id)"
+              " SELECT :resource_type, :id, :version_id FROM w"
+              " WHERE EXISTS (SELECT 1 FROM subscription_types WHERE resource_type = :resource_type))")
+
+
 @lru_cache(maxsize=512)
-def _write_statement(insert: bool, tables: frozenset[str]):
+def _write_statement(insert: bool, tables: frozenset[str], event: bool = True):
     """One statement that writes a version: resources row, old index rows out, new ones in, history row.
     All CTEs see the same snapshot, so the DELETEs cannot remove the rows this statement inserts."""
     if insert:
@@ -85,6 +91,8 @@ def _write_statement(insert: bool, tables: frozenset[str]):
     ctes.append("h AS (INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method,"
                 " patient_key, content) SELECT :resource_type, :id, :version_id, :last_updated, :method,"
                 " :patient_key, CAST(:content AS jsonb) FROM w)")
+    if event:
+        ctes.append(_EVENT_CTE)
     return text("WITH " + ",\n".join(ctes) + " SELECT pk FROM w")
 
 
@@ -100,6 +108,8 @@ def _bulk_create_statement(tables: frozenset[str]) -> str:
         "h AS (INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method, patient_key,"
         " content) SELECT t, i, 1, $6, 'POST', k, c::jsonb FROM x ORDER BY n)",
         "m AS (SELECT r.pk, x.n, x.t FROM r JOIN x ON x.t = r.resource_type AND x.i = r.id)",
+        "e AS (INSERT INTO subscription_events (resource_type, resource_id, version_id)"
+        " SELECT t, i, 1 FROM x WHERE t IN (SELECT resource_type FROM subscription_types) ORDER BY n)",
     ]
     number = 7
     for name in sorted(tables):
@@ -196,7 +206,8 @@ class PostgresResourceStore(SqlResourceStore):
             columns = _ROW_KEYS[name]
             params[f"rows_{name}"] = orjson.dumps([dict(zip(columns, row, strict=True))
                                                   for row in getattr(index, name)]).decode()
-        return (await tx.conn.execute(_write_statement(pk is None, tables), params)).scalar()
+        statement = _write_statement(pk is None, tables, method != "DELETE")
+        return (await tx.conn.execute(statement, params)).scalar()
 
     async def insert_new(self, tx, versions, items) -> None:
         """One round trip for the whole batch, arrays bound as asyncpg parameters: about ten

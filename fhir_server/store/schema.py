@@ -185,3 +185,47 @@ schema_migrations = Table(
     Column("description", String(200), nullable=False),
     Column("applied_at", UtcDateTime, nullable=False, default=lambda: datetime.now(UTC)),
 )
+
+# ---- subscriptions (R4 Subscription): the change-event outbox and the notifications owed ----
+
+# Subscriptions that are requested, active or in error, by the resource type of their criteria. A write
+# of a type listed here records a change event (subscription_events) in its own transaction; with no
+# subscription the write path costs one lookup in this small table.
+subscription_types = Table(
+    "subscription_types",
+    metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("resource_type", String(64), nullable=False),
+    Index("ix_subscription_types_type", "resource_type"),
+)
+
+# The outbox: one row per written version of a subscribed type, committed with the write itself. The
+# dispatcher matches each against the subscriptions' criteria, turns it into deliveries and removes it.
+subscription_events = Table(
+    "subscription_events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+)
+
+# Notifications owed to one subscription, removed once delivered. claimed_until is the lease of the
+# dispatcher delivering it: past it (a dispatcher that died), another takes the row over.
+subscription_deliveries = Table(
+    "subscription_deliveries",
+    metadata,
+    Column("pk", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("subscription_id", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("claimed_until", UtcDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_subscription_deliveries_due", "next_attempt_at"),
+    Index("ix_subscription_deliveries_subscription", "subscription_id", "pk"),
+)

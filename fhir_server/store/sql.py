@@ -17,10 +17,15 @@ from ..model.outcome import Conflict, NotFound, PreconditionFailed
 from ..search.extract import IndexRows
 from . import migrations
 from .base import HistoryPage, ResourceStore, ResourceVersion, StoreTransaction, WriteResult, format_instant
-from .schema import SEARCH_TABLES
+from .schema import SEARCH_TABLES, subscription_events, subscription_types
 from .schema import resource_versions as rv
 from .schema import resources as res
 from .search_sql import run_search
+
+# A change event for the subscriptions, recorded only when some subscription watches the type.
+RECORD_EVENT = text("INSERT INTO subscription_events (resource_type, resource_id, version_id)"
+                    " SELECT :resource_type, :id, :version_id"
+                    " WHERE EXISTS (SELECT 1 FROM subscription_types WHERE resource_type = :resource_type)")
 
 # Value columns of each index table, in the order of the IndexRows tuples (after the param code).
 _INDEX_COLUMNS = {name: [c.name for c in table.columns][3:] for name, table in SEARCH_TABLES.items()}
@@ -96,6 +101,11 @@ class SqlTransaction(StoreTransaction):
     async def replace_index(self, pk: int, resource_type: str, index: IndexRows) -> None:
         await self.drop_index(pk)
         await self._write_indexes([(pk, resource_type, index)])
+
+    async def track_subscription(self, subscription_id: str, resource_type: str | None) -> None:
+        from .subscriptions import track
+
+        await track(self, subscription_id, resource_type)
 
     async def _write_indexes(self, entries: list[tuple[int, str, IndexRows]]) -> None:
         """Index rows of many resources: one multi-row INSERT per table."""
@@ -174,6 +184,9 @@ class SqlResourceStore(ResourceStore):
         await conn.execute(rv.insert().values(resource_type=resource_type, id=resource_id, method=method,
                                               version_id=values["version_id"], last_updated=values["last_updated"],
                                               patient_key=values["patient_key"], content=values["content"]))
+        if method != "DELETE":
+            await conn.execute(RECORD_EVENT, {"resource_type": resource_type, "id": resource_id,
+                                              "version_id": values["version_id"]})
         return pk
 
     async def insert_new(self, tx: SqlTransaction, versions: list[ResourceVersion], items) -> None:
@@ -189,6 +202,13 @@ class SqlResourceStore(ResourceStore):
         await tx.conn.execute(rv.insert(), [{**row, "method": "POST"} for row in rows])
         await tx._write_indexes([(pk, item[0], item[4]) for pk, item in zip(pks, items, strict=True)
                                  if item[4] is not None])
+        types = {v.resource_type for v in versions}
+        watched = set((await tx.conn.execute(select(subscription_types.c.resource_type)
+                                             .where(subscription_types.c.resource_type.in_(types)))).scalars())
+        if watched:
+            await tx.conn.execute(subscription_events.insert(), [
+                {"resource_type": v.resource_type, "resource_id": v.id, "version_id": 1}
+                for v in versions if v.resource_type in watched])
 
     @staticmethod
     def insert_ignoring_conflict(table):

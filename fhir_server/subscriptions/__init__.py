@@ -1,0 +1,1 @@
+"""R4 Subscriptions: criteria and status rules, the outbox dispatcher, rest-hook and websocket delivery."""
