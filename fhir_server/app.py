@@ -11,6 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import __version__
+from .auth.middleware import BearerAuthMiddleware
+from .auth.server import AuthServer
 from .dicom.ingest import DicomIngest
 from .dicom.urls import PREFIX as DICOMWEB
 from .dicom.web import router as dicomweb_router
@@ -19,6 +21,7 @@ from .rest.errors import install_error_handlers
 from .rest.middleware import PathCorsMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
 from .rest.routes import router
+from .rest.smart import router as smart_router
 from .service import ResourceService
 from .settings import Settings
 from .store import open_store
@@ -40,6 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = ResourceService(store, settings)
         await app.state.service.start()
         app.state.dicom = DicomIngest(app.state.service)  # STOW-RS stores through the SCP's ingest path
+        if settings.auth_enabled:
+            app.state.auth = AuthServer(store, settings, app.state.service)
+            await app.state.auth.start()
         log.info("ready", extra={"backend": store.backend})
         try:
             yield
@@ -70,7 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(operations_router)  # before the generic /{type}/{id} routes that would take $operations
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
+    if settings.auth_enabled:
+        app.include_router(smart_router)
     app.include_router(router)
+    if settings.auth_enabled:  # inside the request context (request ids, access log), outside every route
+        app.add_middleware(BearerAuthMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        path_limits={DICOMWEB: settings.dicomweb_max_body_bytes})
     origins = [o.strip() for o in settings.dicomweb_cors_origins.split(",") if o.strip()]

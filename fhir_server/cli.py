@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from .auth.commands import COMMANDS as AUTH_COMMANDS
+from .auth.commands import check_auth_setting
 from .settings import Settings
 
 
@@ -39,6 +41,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, workers: in
         if value is not None:
             os.environ[key] = str(value.resolve() if isinstance(value, Path) else value)
     settings = Settings()
+    check_auth_setting(settings)
     if settings.dicom_port:
         _check_dicom_peers(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +199,10 @@ def migrate() -> None:
     """Create or upgrade the database schema, then exit."""
     asyncio.run(_migrate(Settings()))
     click.echo("schema up to date")
+
+
+for _command in AUTH_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

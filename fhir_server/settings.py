@@ -59,6 +59,19 @@ class Settings(BaseSettings):
     # SMART on FHIR authorization: "on" (default) or "off" (development only: the server then refuses to
     # listen on anything but loopback).
     auth: str = "on"
+    # Lifetimes of what the authorization server issues. Access tokens and id_tokens are signed JWTs
+    # (a signing key's public half stays in the JWKS this long after it stops signing).
+    auth_access_token_ttl_s: int = 3600
+    auth_code_ttl_s: int = 60
+    # Refresh tokens: offline_access ones live this long; online_access ones only for the login's lifetime.
+    auth_refresh_token_ttl_days: int = 90
+    auth_online_ttl_s: int = 12 * 3600
+    # A new signing key is made when the newest is older than this (also: `fhir-server keys rotate`).
+    auth_key_rotation_days: int = 30
+    # EHR launch contexts (`fhir-server launch`, POST /auth/launch) must be used within this time.
+    auth_launch_ttl_s: int = 600
+    # Login and consent pages must be finished within this time of the authorization request.
+    auth_request_ttl_s: int = 900
 
     @cached_property
     def effective_database_url(self) -> str:
@@ -90,3 +103,8 @@ class Settings(BaseSettings):
     @property
     def backend(self) -> str:
         return "postgresql" if self.effective_database_url.startswith("postgresql") else "sqlite"
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Authorization is on unless FHIR_AUTH is exactly "off" (a typo never opens the server)."""
+        return self.auth.strip().lower() != "off"
