@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import orjson
@@ -576,3 +577,166 @@ def test_key_rotation_keeps_old_tokens_valid(auth_server: AuthServer):
         assert all(a.status_code == 200 for a in fresh_get(auth_server.base + "/Patient", token))
     listed = auth_server.cli("keys", "list").stdout
     assert f"{new_kid}\t" in listed and "\tsigning" in listed and "\tverifying" in listed
+
+
+# ---- EHR launch and the command line ----
+
+def test_ehr_launch_from_the_command_line_and_over_http(auth_server: AuthServer):
+    wang = auth_server.patients["Wang"]
+    launched = auth_server.cli("launch", "--patient", wang)
+    assert launched.returncode == 0, launched.stderr
+    scope = "launch openid fhirUser patient/*.rs"
+    app, _ = auth_server.add_client("public", scope)
+    client = oauth_client(auth_server, app.client_id, scope)
+    verifier = "e" * 64
+    url, _ = client.create_authorization_url(auth_server.base + "/auth/authorize", code_verifier=verifier,
+                                             aud=auth_server.base, launch=launched.stdout.strip())
+    answer = authorize(auth_server, url)  # no patient picked: the launch names it
+    token = client.fetch_token(auth_server.token_url, authorization_response=answer.headers["location"],
+                               code_verifier=verifier)
+    assert token["patient"] == wang and token["need_patient_banner"] is False
+    missing = auth_server.cli("launch", "--patient", "no-such-patient")
+    assert missing.returncode != 0 and "Patient/no-such-patient does not exist" in missing.stderr
+    # an EHR asks for a launch value with its own token
+    launch_url = auth_server.base + "/auth/launch"
+    ehr = auth_server.system_token()
+    made = httpx.post(launch_url, json={"patient": wang}, headers=bearer(ehr))
+    assert made.status_code == 201 and made.json()["launch"]
+    assert "No access token" in auth_outcome(httpx.post(launch_url, json={"patient": wang}), "login", error=None)
+    forbidden = httpx.post(launch_url, json={"patient": wang}, headers=bearer(token["access_token"]))
+    issue = forbidden.json()["issue"][0]
+    assert forbidden.status_code == 403 and issue["expression"] == ["Authorization"]
+    unknown = httpx.post(launch_url, json={"patient": "no-such-patient"}, headers=bearer(ehr))
+    assert unknown.status_code == 404
+    malformed = httpx.post(launch_url, json={"encounter": "e1"}, headers=bearer(ehr))
+    assert malformed.status_code == 400 and malformed.json()["issue"][0]["expression"] == ["patient"]
+
+
+def test_client_and_user_commands(auth_server: AuthServer):
+    added = auth_server.cli("client", "add", "--name", "Clinic app", "--redirect-uri", REDIRECT, "--scope",
+                            "openid fhirUser user/*.rs", "--secret-generate")
+    assert added.returncode == 0, added.stderr
+    fields = dict(line.split(": ", 1) for line in added.stdout.splitlines())
+    client_id, secret = fields["client_id"], fields["client_secret"]
+    user = auth_server.cli("user", "add", "nurse.chen", "--fhir-user", "Practitioner/chen", "--password-stdin",
+                           stdin="a long enough password\n")
+    assert user.returncode == 0, user.stderr
+    client = oauth_client(auth_server, client_id, "openid fhirUser user/*.rs", secret=secret, pkce=False)
+    url, _ = client.create_authorization_url(auth_server.base + "/auth/authorize", aud=auth_server.base)
+    answer = authorize(auth_server, url, username="nurse.chen", password="a long enough password")
+    token = client.fetch_token(auth_server.token_url, authorization_response=answer.headers["location"])
+    assert claims(token["access_token"])["fhirUser"] == "Practitioner/chen" and "patient" not in token
+    listed = auth_server.cli("client", "list").stdout
+    assert f"{client_id}\tconfidential-symmetric\tClinic app" in listed and secret not in listed
+    assert auth_server.cli("client", "remove", client_id).returncode == 0
+    gone = httpx.post(auth_server.token_url, auth=(client_id, secret), data={"grant_type": "refresh_token",
+                                                                              "refresh_token": "x"})
+    oauth_error(gone, 401, "invalid_client")
+    wrong = auth_server.cli("client", "add", "--name", "x", "--scope", "patient/*.rs", "--public")
+    assert wrong.returncode != 0 and "--redirect-uri" in wrong.stderr
+    bad_scope = auth_server.cli("client", "add", "--name", "x", "--redirect-uri", REDIRECT, "--scope",
+                                "patient/Observation.readwrite", "--public")
+    assert bad_scope.returncode != 0 and "not a SMART clinical scope" in bad_scope.stderr
+    bad_user = auth_server.cli("user", "add", "x", "--fhir-user", "Observation/1", "--password-stdin",
+                               stdin="long password\n")
+    assert bad_user.returncode != 0 and "must be a reference" in bad_user.stderr
+
+
+def test_auth_off_serves_only_loopback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "fhir-server")
+    env = {**os.environ, "FHIR_AUTH": "off", "FHIR_DICOM_PORT": "0", "FHIR_DATA_DIR": str(tmp_path)}
+    for host in ("0.0.0.0", "192.0.2.10", "::"):
+        refused = subprocess.run([exe, "serve", "--host", host, "--port", "1"], env=env, capture_output=True,
+                                 text=True, timeout=60)
+        assert refused.returncode != 0, host
+        assert "FHIR_AUTH=off" in refused.stderr and "loopback" in refused.stderr
+    typo = subprocess.run([exe, "serve", "--port", "1"], env={**env, "FHIR_AUTH": "of"}, capture_output=True,
+                          text=True, timeout=60)
+    assert typo.returncode != 0 and "FHIR_AUTH must be on or off" in typo.stderr
+    assert not (tmp_path / "fhir.sqlite3").exists()  # refused before touching the database
+
+
+# ---- a person in a real browser ----
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """The app's redirect URI: a local web server that records the requests it gets."""
+    import http.server
+    import queue
+    import threading
+
+    got: queue.Queue[str] = queue.Queue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            got.put(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<p>app received the answer</p>")
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/callback", got
+    httpd.shutdown()
+
+
+def test_browser_login_and_consent(auth_server: AuthServer, receiver, tmp_path):
+    import os
+    from pathlib import Path
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("FHIR_REQUIRE_POSTGRES"):
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium); CI must run the browser test")
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from playwright.sync_api import sync_playwright
+
+    callback, got = receiver
+    app, _ = auth_server.add_client("public", PATIENT_APP, (callback,), name="Heart <Health> & Co")
+    client = oauth_client(auth_server, app.client_id, PATIENT_APP, redirect_uri=callback)
+    verifier = "b" * 43 + "rowser"
+    url, state = client.create_authorization_url(auth_server.base + "/auth/authorize", code_verifier=verifier,
+                                                 aud=auth_server.base)
+    zhao = auth_server.patients["Zhao"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            assert "Heart <Health> & Co" in page.inner_text("main")  # escaped, shown as text
+            page.fill("input[name=username]", "dr.li")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_selector("text=Allow access?")
+            page.fill("input[name=q]", "Zhao")
+            page.click("text=Search")
+            page.wait_for_selector(f"input[name=patient][value='{zhao}']")
+            assert page.locator("input[name=patient]").count() == 1  # only the match
+            page.check(f"input[name=patient][value='{zhao}']")
+            page.uncheck("input[name=scope][value='offline_access']")
+            page.screenshot(path=str(tmp_path / "consent.png"))
+            page.click("button[value=approve]")
+            page.wait_for_url(callback + "*")
+        finally:
+            browser.close()
+    path = got.get(timeout=10)
+    params = {k: v[0] for k, v in parse_qs(urlsplit(path).query).items()}
+    assert params["state"] == state
+    token = client.fetch_token(auth_server.token_url, authorization_response=callback + path[len("/callback"):],
+                               code_verifier=verifier)
+    assert token["patient"] == zhao and "refresh_token" not in token
+    assert "offline_access" not in token["scope"].split()
+    assert httpx.get(f"{auth_server.base}/Patient/{zhao}", headers=bearer(token["access_token"])).status_code == 200
