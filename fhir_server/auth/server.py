@@ -100,6 +100,7 @@ class AuthServer:
         self.keys = KeyRing(store, settings)
         self.tokens = Tokens(store, settings, self.keys)
         self.client_auth = ClientAuthenticator(store)
+        self._pruned = time.monotonic()
 
     async def start(self) -> None:
         await self.keys.signing_key()  # the first worker to start makes the first key
@@ -266,7 +267,10 @@ class AuthServer:
                                    "fhir_user": pending.user.fhir_user, "auth_time": params.get("auth_time"),
                                    "nonce": params.get("nonce")}
         launch = params.get("launch_context") or {}
-        chosen = launch.get("patient") or pending.user.patient_id
+        own = pending.user.patient_id
+        if own and launch.get("patient") not in (None, own):
+            raise PageError("This launch is for another patient's record than yours.", status=403)
+        chosen = own or launch.get("patient")
         if chosen is None and pending.needs_patient_choice():
             if not patient or not await self._patient_exists(patient):
                 pending.error = "Choose the patient this app may see."
@@ -292,6 +296,9 @@ class AuthServer:
     # ---- the token endpoint ----
 
     async def token(self, form: dict[str, str], authorization: str | None, base: str) -> dict[str, Any]:
+        if time.monotonic() - self._pruned > 3600:  # now and then, from the endpoint that makes the rows
+            self._pruned = time.monotonic()
+            await self.prune()
         grant_type = form.get("grant_type")
         if not grant_type:
             raise InvalidRequestError("grant_type is required")
