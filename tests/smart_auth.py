@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import html
+import http.server
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -181,3 +184,33 @@ def code_flow(server: AuthServer, client: OAuth2Client, **login) -> tuple[dict, 
     location = answer.headers["location"]
     token = client.fetch_token(server.token_url, authorization_response=location, code_verifier=verifier)
     return dict(token), verifier
+
+
+def code_for(server: AuthServer, client: OAuth2Client, verifier: str, **login) -> str:
+    """An authorization code for a PKCE request with this verifier (after login and consent)."""
+    url, _ = client.create_authorization_url(server.base + "/auth/authorize", code_verifier=verifier,
+                                             aud=server.base)
+    return redirect_params(authorize(server, url, **login))["code"]
+
+
+@contextmanager
+def local_web(answer: Callable[[str], tuple[int, str, bytes]]) -> Iterator[str]:
+    """A web server on loopback whose GETs `answer(path)` -> (status, content type, body); yields its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, content_type, body = answer(self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()

@@ -23,7 +23,9 @@ from smart_auth import (
     AuthServer,
     authorize,
     code_flow,
+    code_for,
     form_fields,
+    local_web,
     oauth_client,
     redirect_params,
     service_key,
@@ -156,9 +158,7 @@ def test_wrong_and_missing_code_verifier(auth_server: AuthServer):
     app, _ = auth_server.add_client("public", PATIENT_APP)
     client = oauth_client(auth_server, app.client_id, PATIENT_APP)
     verifier = "a" * 50
-    url, _ = client.create_authorization_url(auth_server.base + "/auth/authorize", code_verifier=verifier,
-                                             aud=auth_server.base)
-    code = redirect_params(authorize(auth_server, url, patient=auth_server.patients["Wang"]))["code"]
+    code = code_for(auth_server, client, verifier, patient=auth_server.patients["Wang"])
     form = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "client_id": app.client_id}
     answer = httpx.post(auth_server.token_url, data={**form, "code_verifier": "b" * 50})
     assert "does not match" in oauth_error(answer, 400, "invalid_grant")
@@ -185,9 +185,7 @@ def test_replayed_code_is_refused_and_revokes_its_tokens(auth_server: AuthServer
     app, _ = auth_server.add_client("public", PATIENT_APP)
     client = oauth_client(auth_server, app.client_id, PATIENT_APP)
     verifier = "r" * 60
-    url, _ = client.create_authorization_url(auth_server.base + "/auth/authorize", code_verifier=verifier,
-                                             aud=auth_server.base)
-    code = redirect_params(authorize(auth_server, url, patient=auth_server.patients["Wang"]))["code"]
+    code = code_for(auth_server, client, verifier, patient=auth_server.patients["Wang"])
     form = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "client_id": app.client_id,
             "code_verifier": verifier}
     first = httpx.post(auth_server.token_url, data=form).json()
@@ -212,9 +210,7 @@ def test_redirect_uri_must_match_exactly(auth_server: AuthServer):
     assert "redirect_uri is not one this app registered" in answer.text
     # a code got for the registered URI cannot be exchanged with another one
     client = oauth_client(auth_server, app.client_id, PATIENT_APP)
-    url, _ = client.create_authorization_url(auth_server.base + "/auth/authorize", code_verifier="q" * 50,
-                                             aud=auth_server.base)
-    code = redirect_params(authorize(auth_server, url, patient=auth_server.patients["Wang"]))["code"]
+    code = code_for(auth_server, client, "q" * 50, patient=auth_server.patients["Wang"])
     answer = httpx.post(auth_server.token_url, data={
         "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT + "/other",
         "client_id": app.client_id, "code_verifier": "q" * 50})
@@ -359,26 +355,14 @@ def service_token(server: AuthServer, client_id: str, jwt_assertion: str, scope:
 @pytest.fixture(scope="module")
 def jwks_host():
     """A local web server publishing a backend service's key set (its jwks_uri)."""
-    import http.server
-    import threading
-
     published: dict[str, bytes] = {}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = published.get(self.path)
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body or b"{}")
+    def answer(path: str) -> tuple[int, str, bytes]:
+        body = published.get(path)
+        return (200 if body else 404), "application/json", body or b"{}"
 
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", published
-    httpd.shutdown()
+    with local_web(answer) as url:
+        yield url, published
 
 
 def test_backend_service_with_registered_key_set(auth_server: AuthServer):
@@ -666,30 +650,21 @@ def test_auth_off_serves_only_loopback(tmp_path):
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def receiver():
     """The app's redirect URI: a local web server that records the requests it gets."""
-    import http.server
     import queue
-    import threading
 
     got: queue.Queue[str] = queue.Queue()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            got.put(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.end_headers()
-            self.wfile.write(b"<p>app received the answer</p>")
+    def answer(path: str) -> tuple[int, str, bytes]:
+        if not path.startswith("/callback"):  # the browser also asks for /favicon.ico
+            return 404, "text/plain", b""
+        got.put(path)
+        return 200, "text/html", b"<p>app received the answer</p>"
 
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/callback", got
-    httpd.shutdown()
+    with local_web(answer) as url:
+        yield url + "/callback", got
 
 
 def test_browser_login_and_consent(auth_server: AuthServer, receiver, tmp_path):

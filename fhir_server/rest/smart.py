@@ -141,34 +141,31 @@ async def _token_form(request: Request) -> dict[str, str]:
     return {k: str(v) for k, v in (await request.form()).items()}
 
 
-@router.post(PREFIX + "/token")
-async def token(request: Request) -> Response:
+async def _form_endpoint(request: Request, handle) -> Response:
+    """token, introspect, revoke: a form in, JSON (or an empty 200) out, RFC 6749 errors as JSON."""
     try:
         form = await _token_form(request)
-        answer = await _auth(request).token(form, request.headers.get("authorization"), base_url(request))
+        answer = await handle(form, request.headers.get("authorization"), base_url(request))
     except OAuth2Error as error:
         return _oauth_error(error)
+    if answer is None:
+        return Response(status_code=200, headers=_NO_STORE)
     return JSONResponse(answer, headers=_NO_STORE)
+
+
+@router.post(PREFIX + "/token")
+async def token(request: Request) -> Response:
+    return await _form_endpoint(request, _auth(request).token)
 
 
 @router.post(PREFIX + "/introspect")
 async def introspect(request: Request) -> Response:
-    try:
-        form = await _token_form(request)
-        answer = await _auth(request).introspect(form, request.headers.get("authorization"), base_url(request))
-    except OAuth2Error as error:
-        return _oauth_error(error)
-    return JSONResponse(answer, headers=_NO_STORE)
+    return await _form_endpoint(request, _auth(request).introspect)
 
 
 @router.post(PREFIX + "/revoke")
 async def revoke(request: Request) -> Response:
-    try:
-        form = await _token_form(request)
-        await _auth(request).revoke(form, request.headers.get("authorization"), base_url(request))
-    except OAuth2Error as error:
-        return _oauth_error(error)
-    return Response(status_code=200, headers=_NO_STORE)
+    return await _form_endpoint(request, _auth(request).revoke)
 
 
 @router.post(PREFIX + "/launch")
