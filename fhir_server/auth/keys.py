@@ -33,14 +33,23 @@ def token_lifetime(settings: Settings) -> timedelta:
     return timedelta(seconds=settings.auth_access_token_ttl_s + 60)
 
 
-async def _rows(store) -> list[SigningKey]:
+async def _rows(store, known: dict[str, SigningKey] | None = None) -> list[SigningKey]:
+    """Every key, oldest first; keys already in `known` are not parsed again (importing a private RSA
+    key checks it, which costs tens of milliseconds)."""
+    known = known or {}
     async with store.read_engine.connect() as conn:
         rows = (await conn.execute(select(auth_keys).order_by(auth_keys.c.created_at))).all()
     keys = []
     for i, row in enumerate(rows):
         retired = rows[i + 1].created_at if i + 1 < len(rows) else None
-        keys.append(SigningKey(row.kid, RSAKey.import_key(orjson.loads(row.private_jwk)), row.created_at, retired))
+        key = known[row.kid].key if row.kid in known else RSAKey.import_key(orjson.loads(row.private_jwk))
+        keys.append(SigningKey(row.kid, key, row.created_at, retired))
     return keys
+
+
+async def _newest_kid(store) -> str | None:
+    async with store.read_engine.connect() as conn:
+        return (await conn.execute(select(auth_keys.c.kid).order_by(auth_keys.c.created_at.desc()).limit(1))).scalar()
 
 
 async def create_key(store, settings: Settings, *, only_if_due: bool) -> str | None:
@@ -78,7 +87,7 @@ class KeyRing:
         self.newest: SigningKey | None = None
 
     async def load(self) -> None:
-        keys = await _rows(self.store)
+        keys = await _rows(self.store, self.keys)
         self.keys = {k.kid: k for k in keys}
         self.newest = keys[-1] if keys else None
 
@@ -86,13 +95,14 @@ class KeyRing:
         age = timedelta(days=self.settings.auth_key_rotation_days)
         return self.newest is None or datetime.now(UTC) - self.newest.created_at >= age
 
-    async def signing_key(self) -> SigningKey:
-        # One cheap query per token issued: a key made by `fhir-server keys rotate` or another worker signs at once.
-        async with self.store.read_engine.connect() as conn:
-            newest = (await conn.execute(select(auth_keys.c.kid).order_by(auth_keys.c.created_at.desc())
-                                         .limit(1))).scalar()
+    async def refresh(self) -> None:
+        """Reload when another worker or `fhir-server keys rotate` added a key (one cheap query)."""
+        newest = await _newest_kid(self.store)
         if newest is None or self.newest is None or newest != self.newest.kid:
             await self.load()
+
+    async def signing_key(self) -> SigningKey:
+        await self.refresh()  # so that a new key signs at once, in every worker
         if self._due():
             await create_key(self.store, self.settings, only_if_due=True)
             await self.load()
@@ -104,12 +114,12 @@ class KeyRing:
 
     async def verification_key(self, kid: str) -> RSAKey | None:
         if kid not in self.keys:
-            await self.load()  # made by another worker (or by `fhir-server keys rotate`) since the last load
+            await self.refresh()  # made by another worker (or by `fhir-server keys rotate`) since the last load
         key = self.keys.get(kid)
         return key.key if key is not None and self._valid(key, datetime.now(UTC)) else None
 
     async def jwks(self) -> dict:
-        await self.load()
+        await self.refresh()
         now = datetime.now(UTC)
         return {"keys": [k.key.as_dict(private=False) for k in reversed(self.keys.values()) if self._valid(k, now)]}
 
