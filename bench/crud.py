@@ -513,6 +513,7 @@ class Server:
         exe = str(beside) if beside.exists() else shutil.which("fhir-server")
         command = [exe] if exe else [sys.executable, "-c", "from fhir_server.cli import main; main()"]
         env = {k: v for k, v in os.environ.items() if k != "FHIR_DATABASE_URL"}
+        env["FHIR_AUTH"] = "off"  # the benches measure the FHIR API itself, on loopback
         env.update(env_extra)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(

@@ -12,6 +12,8 @@ from starlette.responses import JSONResponse
 
 from . import __version__
 from .auth.audit import AuditMiddleware, AuditTrail
+from .auth.middleware import BearerAuthMiddleware
+from .auth.server import AuthServer
 from .dicom.ingest import DicomIngest
 from .dicom.urls import PREFIX as DICOMWEB
 from .dicom.web import router as dicomweb_router
@@ -20,6 +22,7 @@ from .rest.errors import install_error_handlers
 from .rest.middleware import PathCorsMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
 from .rest.routes import router
+from .rest.smart import router as smart_router
 from .rest.subscriptions import router as subscriptions_router
 from .rest.terminology import router as terminology_router
 from .rest.workflows import router as workflows_router
@@ -51,6 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.subscriptions = Dispatcher(app.state.service)
         app.state.service.on_write = app.state.subscriptions.written
         await app.state.subscriptions.start()
+        if settings.auth_enabled:
+            app.state.auth = AuthServer(store, settings, app.state.service)
+            await app.state.auth.start()
         log.info("ready", extra={"backend": store.backend})
         try:
             yield
@@ -88,10 +94,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
     app.include_router(workflows_router)  # Patient $match/$merge/$everything, $referral-stats
     app.include_router(subscriptions_router)
+    if settings.auth_enabled:
+        app.include_router(smart_router)
     app.include_router(router)
     if settings.rate_limit_per_s > 0:
         app.add_middleware(RateLimitMiddleware, per_second=settings.rate_limit_per_s,
                            burst=settings.rate_limit_burst or max(1, int(settings.rate_limit_per_s * 2)))
+    if settings.auth_enabled:  # inside the request context (request ids, access log), outside every route
+        app.add_middleware(BearerAuthMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        path_limits={DICOMWEB: settings.dicomweb_max_body_bytes})
     origins = [o.strip() for o in settings.dicomweb_cors_origins.split(",") if o.strip()]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from .auth.commands import COMMANDS as AUTH_COMMANDS
+from .auth.commands import check_auth_setting
 from .settings import Settings
 
 
@@ -39,6 +41,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, workers: in
         if value is not None:
             os.environ[key] = str(value.resolve() if isinstance(value, Path) else value)
     settings = Settings()
+    check_auth_setting(settings)
     if settings.dicom_port:
         _check_dicom_peers(settings)
     if settings.terminology_load:
@@ -251,6 +254,10 @@ def restore(source: Path, data_dir: Path | None, quiet: bool) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"restored {result['counts'].get('resources', 0)} resources and {result['dicom_files']} DICOM files",
                err=True)
+
+
+for _command in AUTH_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,19 @@ class Settings(BaseSettings):
     subscription_timeout_s: float = 10.0
     # Pings owed to a websocket subscription wait this long for a client to bind.
     subscription_websocket_retention_s: float = 86400.0
+    # Lifetimes of what the authorization server issues. Access tokens and id_tokens are signed JWTs
+    # (a signing key's public half stays in the JWKS this long after it stops signing).
+    auth_access_token_ttl_s: int = 3600
+    auth_code_ttl_s: int = 60
+    # Refresh tokens: offline_access ones live this long; online_access ones only for the login's lifetime.
+    auth_refresh_token_ttl_days: int = 90
+    auth_online_ttl_s: int = 12 * 3600
+    # A new signing key is made when the newest is older than this (also: `fhir-server keys rotate`).
+    auth_key_rotation_days: int = 30
+    # EHR launch contexts (`fhir-server launch`, POST /auth/launch) must be used within this time.
+    auth_launch_ttl_s: int = 600
+    # Login and consent pages must be finished within this time of the authorization request.
+    auth_request_ttl_s: int = 900
 
     @cached_property
     def effective_database_url(self) -> str:
@@ -105,10 +118,6 @@ class Settings(BaseSettings):
         """SQLAlchemy async URL of the PostgreSQL streaming replica for reads and searches; empty: none."""
         url = self.database_read_url.strip()
         return _async_driver(url) if url and self.backend == "postgresql" else ""
-
-    @property
-    def auth_enabled(self) -> bool:
-        return self.auth.strip().lower() not in ("off", "false", "0", "no")
 
     @property
     def public_base_url(self) -> str:
@@ -128,6 +137,11 @@ class Settings(BaseSettings):
     @property
     def backend(self) -> str:
         return "postgresql" if self.effective_database_url.startswith("postgresql") else "sqlite"
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Authorization is on unless FHIR_AUTH is exactly "off" (a typo never opens the server)."""
+        return self.auth.strip().lower() != "off"
 
 
 def _async_driver(url: str) -> str:

@@ -61,9 +61,21 @@ def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
     return resource
 
 
-def capability_statement(base: str, backend: str, registry: Registry) -> dict[str, Any]:
-    resources = [_resource(rt, registry, base) for rt in sorted(RESOURCE_TYPES)]
+def smart_security(base: str) -> dict[str, Any]:
+    """rest.security of a server protected by SMART on FHIR (SMART App Launch: the oauth-uris extension)."""
     return {
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR"}], "text": "OAuth2 using SMART-on-FHIR profile"}],
+        "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                       "extension": [{"url": name, "valueUri": f"{base}/auth/{name}"}
+                                     for name in ("authorize", "token", "introspect", "revoke")]}],
+        "description": f"SMART App Launch and Backend Services; see {base}/.well-known/smart-configuration",
+    }
+
+
+def capability_statement(base: str, backend: str, registry: Registry, smart: bool = False) -> dict[str, Any]:
+    resources = [_resource(rt, registry, base) for rt in sorted(RESOURCE_TYPES)]
+    statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": datetime.now(UTC).date().isoformat(),
@@ -83,3 +95,6 @@ def capability_statement(base: str, backend: str, registry: Registry) -> dict[st
             + [{"name": "_type", "type": "token"}],
         }],
     }
+    if smart:
+        statement["rest"][0]["security"] = smart_security(base)
+    return statement

@@ -155,7 +155,8 @@ async def bundle(request: Request) -> Response:
 async def metadata(request: Request) -> Response:
     response_media_type(request)
     return fhir_response(request, capability_statement(base_url(request), request.app.state.store.backend,
-                                                          service(request).registry))
+                                                          service(request).registry,
+                                                          smart=request.app.state.settings.auth_enabled))
 
 
 @router.get("/_history")

@@ -43,6 +43,12 @@ async def _v4_dicom_instances(conn: AsyncConnection) -> None:
     await conn.run_sync(schema.metadata.create_all, tables=[schema.dicom_instances])
 
 
+async def _v5_auth(conn: AsyncConnection) -> None:
+    from ..auth.tables import AUTH_TABLES
+
+    await conn.run_sync(schema.metadata.create_all, tables=AUTH_TABLES)
+
+
 async def _v6_subscriptions(conn: AsyncConnection) -> None:
     await conn.run_sync(schema.metadata.create_all, tables=[schema.subscription_types, schema.subscription_events,
                                                             schema.subscription_deliveries])
@@ -53,6 +59,7 @@ MIGRATIONS: list[Migration] = [
     Migration(2, "search index tables", _v2_search_index),
     Migration(3, "GiST range index on search_date (PostgreSQL)", _v3_date_ranges),
     Migration(4, "DICOM instance index", _v4_dicom_instances),
+    Migration(5, "authorization server: keys, clients, users, codes and tokens", _v5_auth),
     Migration(6, "subscription outbox and deliveries", _v6_subscriptions),
 ]
 
