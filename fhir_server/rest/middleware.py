@@ -57,9 +57,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers") or [])
                 headers.append((b"x-request-id", rid.encode("latin-1")))
-                headers.extend(SECURITY_HEADERS)
-                if not scope["path"].startswith("/docs") and not any(k == b"content-security-policy"
-                                                                     for k, _ in headers):
+                present = {k.lower() for k, _ in headers}
+                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)  # a page may set its own
+                if not scope["path"].startswith("/docs") and b"content-security-policy" not in present:
                     headers.append(API_CSP)  # JSON answers: nothing to load, nothing may frame them
                 message["headers"] = headers
             await send(message)
