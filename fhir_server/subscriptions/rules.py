@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from ..auth.access import current_access
 from ..model.outcome import BadRequest, Unprocessable
 from ..model.types import is_resource_type
 from ..search.dates import date_range, to_ms
@@ -68,7 +69,13 @@ def end_passed(resource: dict[str, Any], now: datetime | None = None) -> bool:
 
 def check(resource: dict[str, Any], registry: Registry) -> None:
     """The parts a server must understand to honour the subscription (the model has checked the rest)."""
-    criteria_query(registry, resource.get("criteria") or "")
+    query = criteria_query(registry, resource.get("criteria") or "")
+    access = current_access()
+    if access is not None:
+        # Notifications carry whole resources to an endpoint, past any later check: only a token that may
+        # read and search every resource of the type may subscribe to it (not a patient-context one).
+        for action in ("r", "s"):
+            access.unrestricted(query.resource_types[0], action)
     channel = resource.get("channel") or {}
     kind = channel.get("type")
     if kind not in CHANNELS:
