@@ -11,10 +11,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import __version__
+from .bulk.export import run_export
+from .bulk.imports import run_import
+from .bulk.jobs import BulkRunner
 from .dicom.ingest import DicomIngest
 from .dicom.urls import PREFIX as DICOMWEB
 from .dicom.web import router as dicomweb_router
 from .logs import configure_logging
+from .rest.bulk import router as bulk_router
 from .rest.errors import install_error_handlers
 from .rest.middleware import PathCorsMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
@@ -40,10 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = ResourceService(store, settings)
         await app.state.service.start()
         app.state.dicom = DicomIngest(app.state.service)  # STOW-RS stores through the SCP's ingest path
+        app.state.bulk = BulkRunner(app.state.service, settings, {"export": run_export, "import": run_import})
+        await app.state.bulk.start()
         log.info("ready", extra={"backend": store.backend})
         try:
             yield
         finally:
+            await app.state.bulk.stop()
             await app.state.service.custom.wait()
             await store.close()
 
@@ -69,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.include_router(operations_router)  # before the generic /{type}/{id} routes that would take $operations
+    app.include_router(bulk_router)  # before the generic routes: /Patient/$export, /Group/{id}/$export
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
     app.include_router(router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,

@@ -43,11 +43,16 @@ async def _v4_dicom_instances(conn: AsyncConnection) -> None:
     await conn.run_sync(schema.metadata.create_all, tables=[schema.dicom_instances])
 
 
+async def _v7_bulk_jobs(conn: AsyncConnection) -> None:
+    await conn.run_sync(schema.metadata.create_all, tables=[schema.bulk_jobs])
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "resources and resource_versions", _v1_resources),
     Migration(2, "search index tables", _v2_search_index),
     Migration(3, "GiST range index on search_date (PostgreSQL)", _v3_date_ranges),
     Migration(4, "DICOM instance index", _v4_dicom_instances),
+    Migration(7, "bulk $export/$import jobs", _v7_bulk_jobs),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version
