@@ -186,6 +186,7 @@ async def load_resources(service, items: list[tuple[int, Any]], expected_type: s
         positions.append(position)
     written, errors = await service.upsert_many(good)
     rejects += [(positions[i], error) for i, error in errors]
+    rejects.sort(key=lambda reject: reject[0])
     return written, rejects
 
 

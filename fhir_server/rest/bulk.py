@@ -84,7 +84,7 @@ async def bulk_import(request: Request) -> Response:
     if media in _NDJSON_BODIES:
         raw = await request.body()
         if not raw.strip():
-            raise BadRequest("The NDJSON body is empty")
+            raise BadRequest("The NDJSON body is empty", expression=["body"])
         inputs = [{"type": None, "url": None}]
         files = {UPLOAD: raw}
     else:
@@ -135,7 +135,7 @@ async def job_file(request: Request, job_id: str, name: str) -> Response:
     if job.manifest and job.status == "completed":
         manifest = orjson.loads(job.manifest)
         listed = {item["url"].rsplit("/", 1)[-1] for key in ("output", "error", "deleted")
-                  for item in manifest.get(key, [])}
+                  for item in manifest.get(key, []) if "url" in item}
     path = output_path(job_directory(request.app.state.settings, job_id), name) if name in listed else None
     if path is None:
         raise NotFound(f"Bulk job {job_id} has no output file '{name[:80]}'", expression=["file"])
