@@ -23,6 +23,7 @@ from .rest.errors import install_error_handlers
 from .rest.middleware import PathCorsMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
 from .rest.routes import router
+from .rest.views import router as views_router
 from .service import ResourceService
 from .settings import Settings
 from .store import open_store
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(operations_router)  # before the generic /{type}/{id} routes that would take $operations
     app.include_router(bulk_router)  # before the generic routes: /Patient/$export, /Group/{id}/$export
+    app.include_router(views_router)
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
     app.include_router(router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
