@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
@@ -46,7 +47,8 @@ def test_system_export_equals_the_store(http):
     for resources in files.values():  # field by field, meta included
         for resource in resources:
             assert resource == http.get(f"/{resource['resourceType']}/{resource['id']}").json()
-    assert http.get(status).status_code == 200  # the manifest can be fetched again
+    again = http.get(status)  # the manifest can be fetched again, until it expires
+    assert again.status_code == 200 and parsedate_to_datetime(again.headers["Expires"]) > datetime.now(UTC)
 
 
 def test_type_and_type_filter(http):
@@ -206,3 +208,14 @@ def test_files_are_only_those_of_the_manifest(http):
         response = http.get(url.rsplit("/", 1)[0] + "/" + other)
         assert response.status_code == 404
         assert response.json()["issue"][0]["expression"] == ["file"]
+
+
+def test_capability_statement_lists_the_bulk_operations(client):
+    statement = client.get("/metadata").json()
+    assert statement["instantiates"] == ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"]
+    rest = statement["rest"][0]
+    assert rest["operation"] == [{"name": "export",
+                                  "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert by_type["Group"]["operation"][0]["definition"].endswith("/OperationDefinition/group-export")
+    assert by_type["Patient"]["operation"][0]["definition"].endswith("/OperationDefinition/patient-export")

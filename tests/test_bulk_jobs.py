@@ -5,6 +5,7 @@ exports down enough to catch them running."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import time
 from collections import Counter
@@ -100,3 +101,19 @@ def test_export_outlives_a_restart(slow, how):
         manifest = wait_for(http, status, timeout=30)
         _check_complete(http, manifest)
     assert any('"bulk job resumed"' in line for line in slow.server.log_lines())
+
+
+def test_a_failing_export_reports_500_with_an_outcome(slow):
+    """Files that vanish under a running export (a disk cleaned by hand) fail the job, not the server."""
+    with slow.client() as http:
+        status = kick_off(http, "/$export")
+        _wait_until_running(http, status)
+        shutil.rmtree(slow.server.data_dir / "bulk" / status.rsplit("/", 1)[1])
+        deadline = time.monotonic() + 20
+        while (response := http.get(status)).status_code == 202:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert response.status_code == 500
+        issue = response.json()["issue"][0]
+        assert issue["code"] == "exception" and issue["diagnostics"] == "The export failed: FileNotFoundError"
+        assert http.get("/Patient/pt-1").status_code == 200  # the server carries on

@@ -16,11 +16,11 @@ from urllib.parse import parse_qsl
 import orjson
 
 from ..model.outcome import BadRequest
-from ..model.types import is_resource_type
+from ..model.types import RESOURCE_TYPES, is_resource_type
 from ..search.query import parse_search
 from ..search.registry import PATIENT_COMPARTMENT
 from ..store.base import format_instant
-from ..store.bulk import ExportSelection, export_page, pk_range
+from ..store.bulk import ExportSelection, export_page, pk_range, resource_pk
 from .jobs import JobContext, parse_instant
 
 OUTPUT_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
@@ -142,11 +142,9 @@ class OutputFile:
 
 
 async def selection(ctx: JobContext, request: ExportRequest) -> ExportSelection:
-    from ..store.bulk import resource_pk
-
     types = request.types
     if types is None:
-        types = COMPARTMENT_TYPES if request.level != "system" else sorted(_all_types())
+        types = COMPARTMENT_TYPES if request.level != "system" else sorted(RESOURCE_TYPES)
     sel = ExportSelection(types=types, until=ctx.job.transaction_time,
                           since=datetime.fromisoformat(request.since) if request.since else None)
     sel.with_deletions = request.level == "system" and sel.since is not None
@@ -160,12 +158,6 @@ async def selection(ctx: JobContext, request: ExportRequest) -> ExportSelection:
         resource_type, clauses = type_filter_clauses(raw, request, ctx.service.registry, ctx.params["base"])
         sel.type_filters.setdefault(resource_type, []).append(clauses)
     return sel
-
-
-def _all_types() -> list[str]:
-    from ..model.types import RESOURCE_TYPES
-
-    return list(RESOURCE_TYPES)
 
 
 async def run_export(ctx: JobContext) -> dict[str, Any]:

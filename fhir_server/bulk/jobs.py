@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -195,11 +196,12 @@ class BulkRunner:
             await asyncio.sleep(max(0.5, min(lease / 2, 5.0)))
 
 
-def status_of(job: JobRow) -> tuple[int, Any, dict[str, str]]:
-    """HTTP status, body and headers of a status request."""
+def status_of(job: JobRow, retention_h: float) -> tuple[int, Any, dict[str, str]]:
+    """HTTP status, body and headers of a status request (Expires: when a finished job is removed)."""
     if job.status == IN_PROGRESS:
         return 202, None, {"X-Progress": job.progress, "Retry-After": "2"}
+    expires = {"Expires": format_datetime(job.heartbeat + timedelta(hours=retention_h), usegmt=True)}
     if job.status == COMPLETED:
-        return 200, job.manifest, {}
+        return 200, job.manifest, expires
     assert job.status == FAILED
-    return 500, job.manifest, {}
+    return 500, job.manifest, expires

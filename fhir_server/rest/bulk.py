@@ -111,7 +111,7 @@ async def _job(request: Request, job_id: str):
 @router.get("/bulkstatus/{job_id}")
 async def job_status(request: Request, job_id: str) -> Response:
     job = await _job(request, job_id)
-    status, body, headers = status_of(job)
+    status, body, headers = status_of(job, request.app.state.settings.bulk_retention_h)
     if status == 200:  # the manifest is plain JSON, not a FHIR resource
         return Response(body, status_code=200, media_type="application/json", headers=headers)
     if body is None:

@@ -14,6 +14,9 @@ _TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-ins
 _COMMON_PARAMS = [("_id", "token"), ("_lastUpdated", "date"), ("_text", "string"), ("_content", "string")]
 # operations per resource type: (name, path of its OperationDefinition on this server)
 _OPERATIONS = {"Observation": [("ecg-triage", "OperationDefinition/ecg-triage")]}
+_BULK = "http://hl7.org/fhir/uv/bulkdata"
+_BULK_OPERATIONS = {"Patient": [("export", f"{_BULK}/OperationDefinition/patient-export")],
+                    "Group": [("export", f"{_BULK}/OperationDefinition/group-export")]}
 
 
 def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
@@ -37,8 +40,10 @@ def _resource(rt: str, registry: Registry, base: str) -> dict[str, Any]:
         "searchRevInclude": ["*"],
         "searchParam": search_params,
     }
-    if rt in _OPERATIONS:
-        resource["operation"] = [{"name": name, "definition": f"{base}/{path}"} for name, path in _OPERATIONS[rt]]
+    operations = [{"name": name, "definition": f"{base}/{path}"} for name, path in _OPERATIONS.get(rt, [])]
+    operations += [{"name": name, "definition": url} for name, url in _BULK_OPERATIONS.get(rt, [])]
+    if operations:
+        resource["operation"] = operations
     return resource
 
 
@@ -52,6 +57,7 @@ def capability_statement(base: str, backend: str, registry: Registry) -> dict[st
         "kind": "instance",
         "software": {"name": "alliance-fhir-server", "version": __version__},
         "implementation": {"description": f"County medical alliance FHIR server ({backend})", "url": base},
+        "instantiates": [f"{_BULK}/CapabilityStatement/bulk-data"],
         "fhirVersion": "4.0.1",
         "format": ["json", "application/fhir+json", "application/json"],
         "rest": [{
@@ -61,5 +67,6 @@ def capability_statement(base: str, backend: str, registry: Registry) -> dict[st
                             {"code": "search-system"}],
             "searchParam": [{"name": code, "type": kind} for code, kind in _COMMON_PARAMS[:2]]
             + [{"name": "_type", "type": "token"}],
+            "operation": [{"name": "export", "definition": f"{_BULK}/OperationDefinition/export"}],
         }],
     }
