@@ -4,6 +4,7 @@ exports down enough to catch them running."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -117,3 +118,24 @@ def test_a_failing_export_reports_500_with_an_outcome(slow):
         issue = response.json()["issue"][0]
         assert issue["code"] == "exception" and issue["diagnostics"] == "The export failed: FileNotFoundError"
         assert http.get("/Patient/pt-1").status_code == 200  # the server carries on
+
+
+def test_import_outlives_a_restart(slow):
+    lines = "".join(json.dumps({"resourceType": "Observation", "id": f"imported-{n}", "status": "final",
+                                "code": {"text": "pulse"}, "subject": {"reference": "Patient/pt-1"}}) + "\n"
+                    for n in range(150))
+    with slow.client() as http:
+        status = kick_off(http, "/$import", method="POST", content=lines,
+                          headers={"Content-Type": "application/fhir+ndjson"})
+        deadline = time.monotonic() + 10
+        while not (progress := http.get(status).headers.get("X-Progress", "")).startswith(("25 ", "50 ")):
+            assert time.monotonic() < deadline, progress
+            time.sleep(0.05)
+    slow.restart(signal.SIGTERM)
+    with slow.client() as http:
+        manifest = wait_for(http, status, timeout=30)
+        assert manifest["output"] == [{"type": "Resource", "inputUrl": "upload", "count": 150}]
+        assert manifest["error"] == []
+        found = http.get("/Observation", params={"code:text": "pulse", "_count": 200}).json()["entry"]
+        assert len(found) == 150  # each line written once: the stop came after a checkpoint
+        assert {e["resource"]["meta"]["versionId"] for e in found} == {"1"}

@@ -32,6 +32,10 @@ class JobGone(Exception):
     """The job was cancelled (its row deleted) or another worker holds it now."""
 
 
+class JobStopped(Exception):
+    """The server is shutting down: the job stops right after a checkpoint and is resumed at the next start."""
+
+
 def parse_instant(value: str, where: str) -> datetime:
     try:
         instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -73,6 +77,8 @@ class JobContext:
         if not await self.runner.table.checkpoint(self.job.id, self.runner.owner, progress,
                                                   orjson.dumps(state).decode()):
             raise JobGone(self.job.id)
+        if self.runner.stopping:
+            raise JobStopped(self.job.id)
 
     def restore_files(self, sizes: dict[str, int], keep: tuple[str, ...] = ()) -> bool:
         """Cut the job's files back to their checkpointed sizes and drop files begun after the checkpoint
@@ -118,16 +124,23 @@ class BulkRunner:
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.tasks: dict[str, asyncio.Task] = {}
         self._watch: asyncio.Task | None = None
+        self.stopping = False
 
     async def start(self) -> None:
         self._watch = asyncio.create_task(self._adopt_orphans())
 
-    async def stop(self) -> None:
-        """Stop this worker's jobs at their current page and hand them on (their checkpoint stands)."""
-        tasks = [t for t in (self._watch, *self.tasks.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop this worker's jobs at their next checkpoint (so nothing after it was written) and hand
+        them on; a job that does not get there within grace_s is cancelled where it is."""
+        self.stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+        running = list(self.tasks.values())
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
         await self.table.release(self.owner)
 
     async def submit(self, kind: str, request_url: str, params: dict[str, Any],
@@ -161,6 +174,8 @@ class BulkRunner:
             await self.table.finish(job.id, self.owner, COMPLETED, orjson.dumps(manifest).decode(), "100%")
         except asyncio.CancelledError:
             raise
+        except JobStopped:
+            log.info("bulk job paused for shutdown", extra={"job": job.id})
         except JobGone:
             self._forget(job.id)
         except Exception as exc:
