@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import __version__
+from .auth.audit import AuditMiddleware, AuditTrail
 from .bulk.export import run_export
 from .bulk.imports import run_import
 from .bulk.jobs import BulkRunner
@@ -20,7 +21,7 @@ from .dicom.web import router as dicomweb_router
 from .logs import configure_logging
 from .rest.bulk import router as bulk_router
 from .rest.errors import install_error_handlers
-from .rest.middleware import PathCorsMiddleware, RequestContextMiddleware
+from .rest.middleware import PathCorsMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
 from .rest.routes import router
 from .rest.views import router as views_router
@@ -47,11 +48,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dicom = DicomIngest(app.state.service)  # STOW-RS stores through the SCP's ingest path
         app.state.bulk = BulkRunner(app.state.service, settings, {"export": run_export, "import": run_import})
         await app.state.bulk.start()
+        if settings.auth_enabled and settings.audit:
+            app.state.audit = AuditTrail(app.state.service)
+            app.state.audit.start()
         log.info("ready", extra={"backend": store.backend})
         try:
             yield
         finally:
             await app.state.bulk.stop()
+            if app.state.audit is not None:
+                await app.state.audit.stop()
             await app.state.service.custom.wait()
             await store.close()
 
@@ -62,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Alliance FHIR server", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", **options)
     app.state.settings = settings
+    app.state.audit = None
 
     @app.get("/health", include_in_schema=False)
     async def liveness() -> JSONResponse:
@@ -81,9 +88,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(views_router)
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
     app.include_router(router)
+    if settings.rate_limit_per_s > 0:
+        app.add_middleware(RateLimitMiddleware, per_second=settings.rate_limit_per_s,
+                           burst=settings.rate_limit_burst or max(1, int(settings.rate_limit_per_s * 2)))
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        path_limits={DICOMWEB: settings.dicomweb_max_body_bytes})
     origins = [o.strip() for o in settings.dicomweb_cors_origins.split(",") if o.strip()]
     if origins:  # outermost, so that refusals (413) carry the headers a browser needs to read them
         app.add_middleware(PathCorsMiddleware, prefix=DICOMWEB, origins=origins)
+    app.add_middleware(AuditMiddleware, trail_of=lambda: app.state.audit)  # outermost: sees every answer
     return app

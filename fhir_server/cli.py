@@ -286,5 +286,48 @@ def migrate() -> None:
     click.echo("schema up to date")
 
 
+def _settings_for(data_dir: Path | None) -> Settings:
+    if data_dir is not None:
+        os.environ["FHIR_DATA_DIR"] = str(data_dir.resolve())
+    return Settings()
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data directory (env FHIR_DATA_DIR); the database is FHIR_DATABASE_URL or the SQLite file there.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def backup(out: Path, data_dir: Path | None, quiet: bool) -> None:
+    """Back up the database and the DICOM files into the new directory OUT (the server may keep running)."""
+    from .backup import BackupError
+    from .backup import backup as run_backup
+
+    try:
+        manifest = run_backup(_settings_for(data_dir), out, progress=not quiet)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    counts = manifest["counts"]
+    click.echo(f"backed up {counts.get('resources', 0)} resources ({counts.get('resource_versions', 0)} versions) "
+               f"and {manifest['dicom_files']} DICOM files to {out}", err=True)
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data directory to restore into (env FHIR_DATA_DIR); it must hold no data yet.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def restore(source: Path, data_dir: Path | None, quiet: bool) -> None:
+    """Restore a backup made by `fhir-server backup` into an empty store (stop the server first)."""
+    from .backup import BackupError
+    from .backup import restore as run_restore
+
+    try:
+        result = run_restore(_settings_for(data_dir), source, progress=not quiet)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"restored {result['counts'].get('resources', 0)} resources and {result['dicom_files']} DICOM files",
+               err=True)
+
+
 if __name__ == "__main__":
     main()

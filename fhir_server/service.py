@@ -14,9 +14,19 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from .auth.access import current_access
 from .model.compartment import patient_key
-from .model.outcome import BadRequest, Conflict, FhirError, Gone, NotFound, PreconditionFailed, Unprocessable
-from .model.types import is_resource_type, is_valid_id
+from .model.outcome import (
+    BadRequest,
+    Conflict,
+    FhirError,
+    Forbidden,
+    Gone,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+)
+from .model.types import RESOURCE_TYPES, is_resource_type, is_valid_id
 from .model.validate import InvalidResource, validate_resource
 from .ops.patch import apply_patch
 from .search.custom import CustomParameters, check_definition, is_active
@@ -94,8 +104,10 @@ class ResourceService:
         check_body_type(resource_type, resource)
         resource = {k: v for k, v in resource.items() if k != "id"}  # spec: the server ignores a client id
         resource_id = resource_id or str(uuid.uuid4())
+        access = current_access()
+        found = access.require(resource_type, "c") if access else None
         key, index = self._prepare(resource_type, resource_id, resource)
-        if tx is None and if_none_exist is None and resource_type != "SearchParameter":
+        if tx is None and if_none_exist is None and resource_type != "SearchParameter" and found is None:
             # nothing to match or to reload: a single write the store may do in one statement
             return WriteResult(await self.store.create(resource_type, resource_id, resource, key, index), True)
         async with self.transaction(tx) as t:
@@ -106,6 +118,8 @@ class ResourceService:
                 if matches:
                     return WriteResult(matches[0], False)
             version = await t.create(resource_type, resource_id, resource, key, index)
+            if found is not None:  # the new resource must be one the token may create (compartment, restriction)
+                await access.check(self, resource_type, resource_id, "c", t, found)
             self._after_write(t, resource_type, resource)
         return WriteResult(version, True)
 
@@ -125,20 +139,39 @@ class ResourceService:
                 exc.item_index = position
                 raise
             items.append((resource_type, resource_id, resource, key, index))
+        access = current_access()
         async with self.transaction(tx) as t:
             versions = await t.create_many(items)
+            if access is not None:
+                await self._check_created(access, t, items)
             for item in items:
                 self._after_write(t, item[0], item[2])
         return versions
+
+    async def _check_created(self, access, tx: StoreTransaction, items: list[tuple]) -> None:
+        by_type: dict[str, list[str]] = {}
+        for item in items:
+            by_type.setdefault(item[0], []).append(item[1])
+        for resource_type, ids in by_type.items():
+            found = access.require(resource_type, "c")
+            if found is not None:
+                allowed = await access.matching(self, resource_type, ids, found, tx)
+                for resource_id in ids:
+                    if resource_id not in allowed:
+                        await access.check(self, resource_type, resource_id, "c", tx, found)  # raises
 
     async def upsert_many(self, resources: list[dict[str, Any]]) -> tuple[int, list[tuple[int, FhirError]]]:
         """Bulk load: resources keep their ids (new ones get one). Invalid resources are returned with
         their errors and skipped; the rest are written in one transaction. Returns (written, errors)."""
         items, errors = [], []
+        access = current_access()
         for position, resource in enumerate(resources):
             try:
                 resource_type = resource.get("resourceType", "")
                 check_type(resource_type)
+                if access is not None:  # a bulk load writes whole types: only unrestricted scopes may
+                    access.unrestricted(resource_type, "c")
+                    access.unrestricted(resource_type, "u")
                 resource_id = resource.get("id") or str(uuid.uuid4())
                 check_id(resource_id)
                 body = {k: v for k, v in resource.items() if k != "id"}
@@ -172,10 +205,20 @@ class ResourceService:
         if body_id != resource_id:
             raise BadRequest(f"id '{body_id}' in the body does not match '{resource_id}' in the URL",
                              expression=[f"{resource_type}.id"])
+        access = current_access()
+        found = access.require(resource_type, "u") if access else None
         key, index = self._prepare(resource_type, resource_id, resource)
         async with self.transaction(tx) as t:
+            if access is not None:
+                current = await t.read(resource_type, resource_id)
+                if current is None or current.deleted:
+                    access.require(resource_type, "c")  # update as create
+                elif found is not None:  # may the token touch what is there now?
+                    await access.check(self, resource_type, resource_id, "u", t, found)
             result = await t.update(resource_type, resource_id, resource, if_match=if_match, patient_key=key,
                                     index=index)
+            if found is not None:  # ... and is what it wrote still its own?
+                await access.check(self, resource_type, resource_id, "u", t, found)
             self._after_write(t, resource_type, resource)
         return result
 
@@ -202,7 +245,13 @@ class ResourceService:
                      tx: StoreTransaction | None = None) -> ResourceVersion | None:
         check_type(resource_type)
         check_id(resource_id)
+        access = current_access()
+        found = access.require(resource_type, "d") if access else None
         async with self.transaction(tx) as t:
+            if found is not None:
+                current = await t.read(resource_type, resource_id)
+                if current is not None and not current.deleted:
+                    await access.check(self, resource_type, resource_id, "d", t, found)
             version = await t.delete(resource_type, resource_id, if_match=if_match)
             if version is not None:
                 self._after_write(t, resource_type, None)
@@ -229,7 +278,7 @@ class ResourceService:
                     if_match: int | None = None, tx: StoreTransaction | None = None) -> WriteResult:
         """Apply a JSON Patch or FHIRPath Patch to the current version; an invalid result is 422."""
         async with self.transaction(tx) as t:
-            current = await self.read(resource_type, resource_id, tx=t)
+            current = await self._current(resource_type, resource_id, tx=t)
             if if_match is not None and if_match != current.version_id:
                 raise PreconditionFailed(f"Version conflict: If-Match is {if_match} but {resource_type}/"
                                          f"{resource_id} is at version {current.version_id}")
@@ -263,12 +312,24 @@ class ResourceService:
                              strict=True, default_count=limit, max_count=max(limit, 1))
         query.total = "none"
         query.count = limit
-        return (await tx.search(query)).matches
+        access = current_access()
+        extra = [] if access is None else [c for c in [access.search_clause(self.registry, query)] if c is not None]
+        return (await tx.search(query, extra)).matches
 
     # ---- reads ----
 
     async def read(self, resource_type: str, resource_id: str, *,
                    tx: StoreTransaction | None = None) -> ResourceVersion:
+        access = current_access()
+        found = access.require(resource_type, "r") if access else None
+        current = await self._current(resource_type, resource_id, tx=tx)
+        if found is not None:
+            await access.check(self, resource_type, resource_id, "r", tx, found)
+        return current
+
+    async def _current(self, resource_type: str, resource_id: str, *,
+                       tx: StoreTransaction | None = None) -> ResourceVersion:
+        """The current version, without access checks (the caller's own reads for a write)."""
         check_type(resource_type)
         check_id(resource_id)
         current = await (tx or self.store).read(resource_type, resource_id)
@@ -284,12 +345,19 @@ class ResourceService:
         check_id(resource_id)
         if not version.isdigit() or len(version) > 9:
             raise NotFound(f"Version '{version[:20]}' of {resource_type}/{resource_id} is not known")
+        access = current_access()
+        allowed = access.require(resource_type, "r") if access else None
         found = await self.store.vread(resource_type, resource_id, int(version))
         if found is None:
             raise NotFound(f"Version {version} of {resource_type}/{resource_id} is not known")
         if found.deleted:
             raise Gone(f"Version {version} of {resource_type}/{resource_id} is a deletion",
                        version_id=found.version_id, last_updated=found.last_updated_instant)
+        if allowed is not None:  # the resource as it is now, and as it was then
+            await access.check(self, resource_type, resource_id, "r", None, allowed)
+            if not access.version_allowed(self.registry, resource_type, orjson.loads(found.content), allowed):
+                raise Forbidden(f"Version {version} of {resource_type}/{resource_id} is outside what the access "
+                                "token's scopes allow")
         return found
 
     async def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
@@ -300,7 +368,36 @@ class ResourceService:
             check_id(resource_id)
             if await self.store.read(resource_type, resource_id) is None:
                 raise NotFound(f"Resource {resource_type}/{resource_id} is not known")
-        return await self.store.history(resource_type, resource_id, since=since, count=count, cursor=cursor)
+        access = current_access()
+        if access is not None:
+            allowed = await self._history_access(access, resource_type, resource_id)
+        page = await self.store.history(resource_type, resource_id, since=since, count=count, cursor=cursor)
+        if access is not None:
+            kept = [e for e in page.entries if e.resource_type in allowed and access.version_allowed(
+                self.registry, e.resource_type, orjson.loads(e.content) if e.content else None,
+                allowed[e.resource_type])]
+            if len(kept) != len(page.entries):  # the total counted what this token may not see
+                page = HistoryPage(kept, page.next_cursor, None)
+        return page
+
+    async def _history_access(self, access, resource_type: str | None, resource_id: str | None) -> dict:
+        """The alternatives per type a history may show. Instance history is a read ('r'), type and system
+        history a search ('s'); a search restriction (v2 `?param=`) cannot be applied to old versions, so
+        type and system history are refused to it."""
+        if resource_id is not None:
+            found = access.require(resource_type, "r")
+            await access.check(self, resource_type, resource_id, "r", None, found)
+            return {resource_type: found}
+        allowed = {}
+        for rt in [resource_type] if resource_type else sorted(RESOURCE_TYPES):
+            found = access.require(rt, "s") if resource_type else access.filters(rt, "s")
+            if found is None or (found and all(not f.params for f in found)):
+                allowed[rt] = found
+            elif resource_type:
+                raise Forbidden(f"History of {rt} is not available to scopes restricted by search parameters")
+        if not allowed:
+            raise Forbidden("The access token's scopes allow no history")
+        return allowed
 
     async def search(self, resource_types: tuple[str, ...], params: list[tuple[str, str]], *, base_url: str,
                      strict: bool, compartment: tuple[str, str] | None = None,
@@ -318,4 +415,12 @@ class ResourceService:
                 raise NotFound(f"Compartment {compartment_type} is not supported (only Patient)")
             check_id(compartment_id)
             extra.append(compartment_clause(self.registry, query.resource_types[0], compartment_id))
-        return query, await (tx or self.store).search(query, extra)
+        access = current_access()
+        if access is not None:
+            clause = access.search_clause(self.registry, query)
+            if clause is not None:
+                extra.append(clause)
+        page = await (tx or self.store).search(query, extra)
+        if access is not None and page.included:  # _include/_revinclude: only what the token could read itself
+            page.included = await access.filter_versions(self, page.included, "r", tx)
+        return query, page

@@ -14,6 +14,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     # Empty means the embedded default: a SQLite file in data_dir.
     database_url: str = ""
+    # A PostgreSQL streaming replica that reads and searches go to (writes and their own reads stay on
+    # the primary, which must list the replica in synchronous_standby_names: see README).
+    database_read_url: str = ""
     # Public base URL used in Location, fullUrl and Bundle links; empty means "derive from the request".
     base_url: str = ""
     host: str = "127.0.0.1"
@@ -27,6 +30,13 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = 30000
     db_pool_size: int = 10
     max_body_bytes: int = 16 * 1024 * 1024
+    # A database statement running longer is cancelled and the request answered 503 (0: no limit).
+    query_timeout_s: float = 60
+    # Per-client rate limit (requests per second, per worker process; 0: none) and burst (0: twice the rate).
+    rate_limit_per_s: float = 0
+    rate_limit_burst: int = 0
+    # Deepest JSON nesting accepted in a request body (a FHIR resource is rarely deeper than 20).
+    max_json_depth: int = 64
     # FastAPI's native OpenTelemetry instrumentation (traces, metrics); off unless an exporter is wanted.
     otel: bool = False
     # A conditional delete that matches more resources than this is refused with 412.
@@ -56,6 +66,11 @@ class Settings(BaseSettings):
     # Browser origins (a web viewer such as OHIF) allowed to call /dicomweb: "*", or a comma-separated list;
     # empty sends no CORS headers. The FHIR API is not affected.
     dicomweb_cors_origins: str = "*"
+    # SMART on FHIR authorization: "on" (default) or "off" (development only: the server then refuses to
+    # listen on anything but loopback).
+    auth: str = "on"
+    # With authorization on, every request (access or denial) is recorded as an AuditEvent.
+    audit: bool = True
     # Bulk data ($export, $import): resources per second one job may read or write (0: as fast as it
     # can; a limit leaves the database to the clinics' own traffic), output resources per file, how long
     # a worker's hold on a running job lasts without a checkpoint before another worker takes it over,
@@ -73,11 +88,17 @@ class Settings(BaseSettings):
         url = self.database_url.strip()
         if not url:
             return f"sqlite+aiosqlite:///{(self.data_dir / 'fhir.sqlite3').resolve()}"
-        for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
-                              ("sqlite://", "sqlite+aiosqlite://")):
-            if url.startswith(plain):
-                return driver + url[len(plain):]
-        return url
+        return _async_driver(url)
+
+    @cached_property
+    def effective_read_url(self) -> str:
+        """SQLAlchemy async URL of the PostgreSQL streaming replica for reads and searches; empty: none."""
+        url = self.database_read_url.strip()
+        return _async_driver(url) if url and self.backend == "postgresql" else ""
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth.strip().lower() not in ("off", "false", "0", "no")
 
     @property
     def public_base_url(self) -> str:
@@ -97,3 +118,11 @@ class Settings(BaseSettings):
     @property
     def backend(self) -> str:
         return "postgresql" if self.effective_database_url.startswith("postgresql") else "sqlite"
+
+
+def _async_driver(url: str) -> str:
+    for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
+                          ("sqlite://", "sqlite+aiosqlite://")):
+        if url.startswith(plain):
+            return driver + url[len(plain):]
+    return url

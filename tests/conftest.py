@@ -44,7 +44,8 @@ def start_server(env_extra: dict[str, str], workers: int = 1, data_dir: Path | N
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = data_dir / "server.log"
-    env = {**os.environ, "FHIR_LOG_LEVEL": "INFO", "FHIR_DICOM_PORT": "0", **env_extra}
+    env = {**os.environ, "FHIR_LOG_LEVEL": "INFO", "FHIR_DICOM_PORT": "0", "FHIR_AUTH": "off",
+           **env_extra}
     beside = Path(sys.executable).parent / "fhir-server"
     exe = str(beside) if beside.exists() else shutil.which("fhir-server")
     with open(log_path, "wb") as log:
@@ -102,9 +103,10 @@ def server(request) -> Iterator[RunningServer]:
     stop_server(running)
 
 
-def _fresh_database_env(request) -> dict[str, str]:
+def _fresh_database_env(request, backend: str | None = None) -> dict[str, str]:
+    """Environment for a server with an empty database of its own on the backend (default: the param)."""
     env = {"FHIR_DATABASE_URL": ""}
-    if request.param == "postgresql":
+    if (backend or request.param) == "postgresql":
         base = request.getfixturevalue("postgres_url")
         name = f"fhir_{uuid.uuid4().hex[:12]}"
         asyncio.run(_create_database(base, name))

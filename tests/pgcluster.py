@@ -36,6 +36,22 @@ def _run(cmd: list[str], as_postgres: bool) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+class Cluster:
+    """A running throwaway cluster that a fault test can stop and start again (same port, same data)."""
+
+    def __init__(self, bindir: str, datadir: str, workdir: str, options: str, as_postgres: bool, port: int):
+        self.bindir, self.datadir, self.workdir = bindir, datadir, workdir
+        self.options, self.as_postgres, self.port = options, as_postgres, port
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/fhir"
+
+    def start(self) -> None:
+        _run([f"{self.bindir}/pg_ctl", "-D", self.datadir, "-o", self.options, "-l", f"{self.workdir}/log", "-w",
+              "start"], self.as_postgres)
+
+    def stop(self, mode: str = "fast") -> None:
+        _run([f"{self.bindir}/pg_ctl", "-D", self.datadir, "-m", mode, "-w", "stop"], self.as_postgres)
+
+
 @contextmanager
 def postgres_cluster(*, durable: bool = False, settings: str = "", keep_log: str | None = None) -> Iterator[str]:
     """Yield a postgresql:// URL of a fresh database; the cluster is removed afterwards.
@@ -43,6 +59,13 @@ def postgres_cluster(*, durable: bool = False, settings: str = "", keep_log: str
     durable=False turns off fsync (test speed); benches pass durable=True to measure real commits.
     settings: extra server options (e.g. "-c shared_preload_libraries=auto_explain"); keep_log: a path
     the server log is copied to before the cluster is removed."""
+    with controlled_cluster(durable=durable, settings=settings, keep_log=keep_log) as cluster:
+        yield cluster.url
+
+
+@contextmanager
+def controlled_cluster(*, durable: bool = False, settings: str = "", keep_log: str | None = None) -> Iterator[Cluster]:
+    """Like postgres_cluster, but yields the Cluster itself (stop() and start() for fault tests)."""
     bindir = find_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL server binaries (initdb) not found; install the postgresql package")
@@ -55,17 +78,43 @@ def postgres_cluster(*, durable: bool = False, settings: str = "", keep_log: str
     options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c max_connections=200 {settings}"
     if not durable:
         options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    cluster = Cluster(bindir, datadir, workdir, options, as_postgres, port)
     try:
         _run([f"{bindir}/initdb", "-D", datadir, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
              as_postgres)
-        _run([f"{bindir}/pg_ctl", "-D", datadir, "-o", options, "-l", f"{workdir}/log", "-w", "start"],
-             as_postgres)
+        cluster.start()
         _run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "fhir"], as_postgres)
-        yield f"postgresql://postgres@127.0.0.1:{port}/fhir"
+        yield cluster
     finally:
         subprocess.run((["runuser", "-u", "postgres", "--"] if as_postgres else [])
                        + [f"{bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "-w", "stop"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if keep_log and os.path.exists(f"{workdir}/log"):
             shutil.copyfile(f"{workdir}/log", keep_log)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def streaming_replica(primary: Cluster, name: str = "replica1") -> Iterator[Cluster]:
+    """A hot standby of `primary` made with pg_basebackup, streaming from it as `name` (the primary must
+    allow replication connections, which initdb's trust set-up does on loopback)."""
+    workdir = tempfile.mkdtemp(prefix="fhir-pg-replica-")
+    datadir = os.path.join(workdir, "data")
+    if primary.as_postgres:
+        shutil.chown(workdir, "postgres", "postgres")
+    port = free_port()
+    options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c max_connections=200 -c hot_standby=on"
+    replica = Cluster(primary.bindir, datadir, workdir, options, primary.as_postgres, port)
+    try:
+        _run([f"{primary.bindir}/pg_basebackup", "-D", datadir, "-h", "127.0.0.1", "-p", str(primary.port),
+              "-U", "postgres", "-R", "-X", "stream", "--no-sync", "--checkpoint=fast"], primary.as_postgres)
+        with open(os.path.join(datadir, "postgresql.auto.conf"), "a") as conf:
+            conf.write(f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres "
+                       f"application_name={name}'\n")
+        replica.start()
+        yield replica
+    finally:
+        subprocess.run((["runuser", "-u", "postgres", "--"] if primary.as_postgres else [])
+                       + [f"{primary.bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "-w", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(workdir, ignore_errors=True)

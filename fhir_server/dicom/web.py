@@ -9,10 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from ..auth.access import current_access
+from ..auth.grant import system_access
 from ..model.outcome import BadRequest, FhirError, NotFound, UnsupportedMediaType
 from ..rest.responses import base_url
 from . import multipart, pixels, qido
@@ -35,7 +37,23 @@ from .urls import PREFIX, absolute_bulk_data, instance_url
 
 log = logging.getLogger("fhir_server.dicom")
 
-router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+def _authorize(request: Request) -> None:
+    """DICOMweb answers from the DICOM index, which cannot be confined to one patient's compartment: it
+    takes user/ or system/ ImagingStudy scopes without restrictions (read/search to look, create and
+    update to store)."""
+    access = current_access()
+    if access is None:
+        return
+    if request.method == "POST":
+        access.unrestricted("ImagingStudy", "c")
+        access.unrestricted("ImagingStudy", "u")
+    else:
+        access.unrestricted("ImagingStudy", "r")
+        access.unrestricted("ImagingStudy", "s")
+
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False, dependencies=[Depends(_authorize)])
 AGENT = "alliance-fhir-server"
 AVAILABLE_TRANSFER_SYNTAX = "00083002"
 
@@ -85,8 +103,9 @@ async def store(request: Request) -> Response:
         parts = multipart.split_related(body, boundary)
     except multipart.MultipartError as exc:
         raise BadRequest(f"Malformed multipart body: {exc}", code="structure") from exc
-    result = await store_instances(_ingest(request), parts, study_uid=request.path_params.get("study"),
-                                   base=base_url(request))
+    with system_access():  # the study's Patient, ImagingStudy and ECG triage are the server's own writes
+        result = await store_instances(_ingest(request), parts, study_uid=request.path_params.get("study"),
+                                       base=base_url(request))
     headers = {"Warning": warning_header(result.failures, AGENT)} if result.failures else None
     return dicom_json_response(result.body, result.status, headers)
 

@@ -82,5 +82,9 @@ class NotAcceptable(FhirError):
     status, code = 406, "not-supported"
 
 
+class Forbidden(FhirError):
+    status, code = 403, "forbidden"
+
+
 class ServiceUnavailable(FhirError):
     status, code = 503, "transient"

@@ -18,6 +18,27 @@ log = logging.getLogger("fhir_server.errors")
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly"}
 
 
+def is_query_timeout(exc: BaseException | None) -> bool:
+    """A statement cancelled by FHIR_QUERY_TIMEOUT_S: PostgreSQL's statement_timeout, or SQLite's
+    progress-handler interrupt; raw (asyncpg pool) or wrapped by SQLAlchemy."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if type(exc).__name__ == "QueryCanceledError" or (type(exc).__name__ == "OperationalError"
+                                                          and str(exc).strip() == "interrupted"):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__
+        seen += 1
+    return False
+
+
+def _timed_out(request: Request):
+    limit = request.app.state.settings.query_timeout_s
+    log.warning("query timeout", extra={"path": request.url.path, "limit_s": limit})
+    return outcome_response(request, ServiceUnavailable(
+        f"The database query ran longer than {limit:g} s (FHIR_QUERY_TIMEOUT_S) and was cancelled; "
+        "narrow the search (more selective parameters, smaller _count, fewer _include)", code="timeout"))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FhirError)
     async def _fhir_error(request: Request, exc: FhirError):
@@ -43,6 +64,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConnectionError)
     @app.exception_handler(OSError)
     async def _database_down(request: Request, exc: Exception):
+        if is_query_timeout(exc):
+            return _timed_out(request)
+        if "database or disk is full" in str(exc) or "No space left on device" in str(exc):
+            log.error("database disk full", extra={"error": type(exc).__name__})
+            return outcome_response(request, FhirError(
+                "The database disk is full; nothing of this request was written. Free space and retry.",
+                status=507, code="exception"))
         log.error("database unavailable", extra={"error": type(exc).__name__})
         return outcome_response(request, ServiceUnavailable("The database is unavailable; retry later"),
                                 {"Retry-After": "5"})
@@ -50,5 +78,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
+        if is_query_timeout(exc):
+            return _timed_out(request)
         log.exception("unhandled error")
         return outcome_response(request, FhirError("Internal server error", status=500, code="exception"))

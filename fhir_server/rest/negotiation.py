@@ -87,4 +87,19 @@ async def read_json_body(request: Request, expected: type = dict) -> Any:
     if not isinstance(body, expected):
         what = "a JSON object (a FHIR resource)" if expected is dict else "a JSON array"
         raise BadRequest(f"The request body must be {what}", code="structure")
+    limit = request.app.state.settings.max_json_depth
+    if raw.count(b"{") + raw.count(b"[") > limit:  # else it cannot be nested deeper than the limit
+        check_depth(body, limit)
     return body
+
+
+def check_depth(value: Any, limit: int) -> None:
+    """400 for JSON nested deeper than `limit` (validation and indexing recurse through it)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise BadRequest(f"The JSON is nested deeper than {limit} levels (FHIR_MAX_JSON_DEPTH)",
+                             code="too-costly")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))

@@ -78,7 +78,7 @@ class Clause:
 
     code: str
     kind: str  # token string date number quantity reference uri composite id lastUpdated missing
-    #            chain has text content
+    #            chain has text content compartment; type and any (access rules: values are types / groups)
     param: SearchParam | None = None
     modifier: str | None = None
     values: list[Any] = field(default_factory=list)

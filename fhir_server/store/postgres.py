@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from contextlib import asynccontextmanager
 from functools import lru_cache
 
 import asyncpg
@@ -18,6 +20,29 @@ from ..settings import Settings
 from .base import ResourceVersion
 from .schema import SEARCH_TABLES
 from .sql import SqlResourceStore, identity_json, now_ms, stamp
+
+log = logging.getLogger("fhir_server.store")
+
+
+def _engine(settings: Settings, url: str, extra: dict[str, str]):
+    return create_async_engine(
+        url,
+        json_serializer=identity_json,
+        json_deserializer=identity_json,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+        # Searches are short and their selectivity depends on the values: a generic prepared plan
+        # (chosen after five runs) was 3-9x slower in bench/search.py, and JIT costs ~30 ms a query.
+        connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan", "jit": "off",
+                                          **_timeout(settings), **extra}},
+    )
+
+
+def _timeout(settings: Settings) -> dict[str, str]:
+    """statement_timeout (ms) for every session: a runaway query is cancelled server-side."""
+    return {"statement_timeout": str(int(settings.query_timeout_s * 1000))} if settings.query_timeout_s > 0 else {}
+
 
 # Arbitrary constant naming the advisory lock that serialises schema migrations.
 MIGRATION_LOCK_KEY = 0x46484952  # "FHIR"
@@ -112,7 +137,10 @@ class PostgresResourceStore(SqlResourceStore):
     lock_rows = True
     _read_pool: asyncpg.Pool | None = None
     _dsn: str = ""
+    _write_pool: asyncpg.Pool | None = None
+    _write_dsn: str = ""  # set when reads go to a replica: the primary, for single-statement writes
     _pool_size: int = 10
+    _server_settings: dict[str, str] = {}  # replaced per store in open()
 
     async def read(self, resource_type, resource_id):
         """The hottest path: straight through an asyncpg pool (a prepared statement, no SQLAlchemy
@@ -122,10 +150,17 @@ class PostgresResourceStore(SqlResourceStore):
             return None
         return ResourceVersion(resource_type, resource_id, row[0], row[1], row[2], row[3])
 
-    async def _pool(self) -> asyncpg.Pool:
+    async def _pool(self, *, write: bool = False) -> asyncpg.Pool:
+        """The asyncpg pool for reads (the replica, when there is one), or for single-statement writes."""
+        if write and self._write_dsn:
+            if self._write_pool is None:
+                self._write_pool = await asyncpg.create_pool(
+                    self._write_dsn, min_size=1, max_size=self._pool_size,
+                    server_settings={**self._server_settings, "synchronous_commit": "remote_apply"})
+            return self._write_pool
         if self._read_pool is None:
             self._read_pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size,
-                                                        server_settings={"jit": "off"})
+                                                        server_settings=self._server_settings)
         return self._read_pool
 
     async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
@@ -140,16 +175,17 @@ class PostgresResourceStore(SqlResourceStore):
         for name in tables:
             params[f"rows_{name}"] = orjson.dumps([dict(zip(_ROW_KEYS[name], row, strict=True))
                                                   for row in getattr(index, name)]).decode()
-        pool = await self._pool()
+        pool = await self._pool(write=True)
         pk = await pool.fetchval(sql, *(params[n] for n in names))
         if pk is None:
             raise Conflict(f"{resource_type}/{resource_id} already exists")
         return ResourceVersion(resource_type, resource_id, 1, ts, False, content, "POST")
 
     async def close(self) -> None:
-        if self._read_pool is not None:
-            await self._read_pool.close()
-            self._read_pool = None
+        for pool in (self._read_pool, self._write_pool):
+            if pool is not None:
+                await pool.close()
+        self._read_pool = self._write_pool = None
         await super().close()
 
     async def write_version(self, tx, pk, resource_type, resource_id, method, values, index):
@@ -197,18 +233,31 @@ class PostgresResourceStore(SqlResourceStore):
 
     @classmethod
     def open(cls, settings: Settings) -> PostgresResourceStore:
-        engine = create_async_engine(
-            settings.effective_database_url,
-            json_serializer=identity_json,
-            json_deserializer=identity_json,
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_pool_size,
-            pool_pre_ping=True,
-            # Searches are short and their selectivity depends on the values: a generic prepared plan
-            # (chosen after five runs) was 3-9x slower in bench/search.py, and JIT costs ~30 ms a query.
-            connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan", "jit": "off"}},
-        )
-        store = cls(engine)
-        store._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        read_url = settings.effective_read_url
+        # With a replica, a commit returns once the replica has applied it (the primary must name it in
+        # synchronous_standby_names): whatever a client was told is written, a read anywhere then sees.
+        write = _engine(settings, settings.effective_database_url,
+                        {"synchronous_commit": "remote_apply"} if read_url else {})
+        read = _engine(settings, read_url, {}) if read_url else None
+        store = cls(write, read)
+        store._dsn = (read or write).url.set(drivername="postgresql").render_as_string(hide_password=False)
+        if read is not None:
+            store._write_dsn = write.url.set(drivername="postgresql").render_as_string(hide_password=False)
         store._pool_size = settings.db_pool_size
+        store._server_settings = {"jit": "off", **_timeout(settings)}
         return store
+
+    async def migrate(self) -> list[int]:
+        applied = await super().migrate()
+        if self.read_engine is not self.write_engine:
+            async with self.write_engine.connect() as conn:
+                standbys = (await conn.execute(text("SHOW synchronous_standby_names"))).scalar()
+            if not standbys:
+                log.warning("FHIR_DATABASE_READ_URL is set but the primary has no synchronous_standby_names: "
+                            "a read right after a write may miss it")
+        return applied
+
+    @asynccontextmanager
+    async def without_timeout(self, conn: AsyncConnection):
+        await conn.execute(text("SET LOCAL statement_timeout = 0"))
+        yield

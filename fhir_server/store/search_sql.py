@@ -179,6 +179,11 @@ class SearchSql:
         kind = clause.kind
         if kind == "id":
             return r.c.id.in_(clause.values)
+        if kind == "type":  # one of several types (system search), for conditions that differ per type
+            return _types(r.c.resource_type, tuple(clause.values))
+        if kind == "any":  # OR of groups of ANDed clauses (the alternatives a token's scopes allow)
+            return or_(false(), *(and_(*(self.condition(c, r, types) for c in group)) if group else true()
+                         for group in clause.values))
         if kind == "lastUpdated":
             return or_(*(range_condition(v.prefix, r.c.last_updated, r.c.last_updated, from_ms(int(v.low)),
                                          from_ms(int(v.high))) for v in clause.values))

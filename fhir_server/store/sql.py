@@ -211,7 +211,13 @@ class SqlResourceStore(ResourceStore):
     async def migrate(self) -> list[int]:
         async with self.write_engine.begin() as conn:
             await self._lock_for_migration(conn)
-            return await migrations.migrate(conn)
+            async with self.without_timeout(conn):  # a migration may rebuild big tables
+                return await migrations.migrate(conn)
+
+    @asynccontextmanager
+    async def without_timeout(self, conn: AsyncConnection):
+        """Lift FHIR_QUERY_TIMEOUT_S for the statements of this connection's transaction."""
+        yield
 
     async def _lock_for_migration(self, conn: AsyncConnection) -> None:
         """Serialise concurrent migrators (several workers starting at once)."""

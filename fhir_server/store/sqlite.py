@@ -5,12 +5,15 @@ fails half-way on lock upgrade; readers use a separate engine with plain deferre
 
 from __future__ import annotations
 
+import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from ..settings import Settings
 from .sql import SqlResourceStore, identity_json
@@ -34,7 +37,26 @@ def _engine(url: str, settings: Settings, *, begin: str, pool_size: int) -> Asyn
     def _on_begin(conn):
         conn.exec_driver_sql(begin)
 
+    if settings.query_timeout_s > 0:
+        _interrupt_slow_statements(engine, settings.query_timeout_s)
     return engine
+
+
+def _interrupt_slow_statements(engine: AsyncEngine, timeout_s: float) -> None:
+    """SQLite has no statement timeout: a progress handler, called every few thousand VM steps, interrupts
+    a statement that has run longer than timeout_s (it fails with "interrupted" and its transaction rolls
+    back). Each pooled connection keeps its current statement's deadline in its info dict."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _install(dbapi_conn, record):
+        deadline = record.info["deadline"] = [float("inf")]
+        await_only(dbapi_conn.driver_connection.set_progress_handler(lambda: time.monotonic() > deadline[0], 20000))
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _start(conn, cursor, statement, parameters, context, executemany):
+        info = conn.connection.info
+        if "deadline" in info:
+            info["deadline"][0] = float("inf") if info.get("no_timeout") else time.monotonic() + timeout_s
 
 
 class SqliteResourceStore(SqlResourceStore):
@@ -43,6 +65,15 @@ class SqliteResourceStore(SqlResourceStore):
     @staticmethod
     def insert_ignoring_conflict(table):
         return sqlite_insert(table).on_conflict_do_nothing()
+
+    @asynccontextmanager
+    async def without_timeout(self, conn: AsyncConnection):
+        raw = await conn.get_raw_connection()
+        raw.info["no_timeout"] = True
+        try:
+            yield
+        finally:
+            raw.info.pop("no_timeout", None)
 
     @classmethod
     def open(cls, settings: Settings) -> SqliteResourceStore:

@@ -1,0 +1,84 @@
+"""Hostile input: deep JSON, oversized pages, deep chains, floods. Each is refused with a clear
+OperationOutcome (never a traceback) and leaves the store as it was; every answer carries the
+security headers."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from conftest import start_server, stop_server
+
+
+def nested_patient(depth: int) -> str:
+    inner = '{"url": "http://example.org/x", "valueString": "a"}'
+    for _ in range(depth):
+        inner = '{"url": "http://example.org/x", "extension": [' + inner + "]}"
+    return '{"resourceType": "Patient", "extension": [' + inner + "]}"
+
+
+def test_json_nested_too_deep_is_refused(client, unchanged):
+    for body, path in ((nested_patient(300), "/Patient"),
+                       ('{"resourceType": "Bundle", "type": "batch", "entry": [{"resource": '
+                        + nested_patient(100) + ', "request": {"method": "POST", "url": "Patient"}}]}', "/")):
+        answer = client.post(path, content=body)
+        assert answer.status_code == 400, answer.text
+        issue = answer.json()["issue"][0]
+        assert issue["code"] == "too-costly" and "nested deeper than 64 levels" in issue["diagnostics"]
+
+
+def test_json_nested_within_the_limit_is_accepted(client):
+    answer = client.post("/Patient", content=nested_patient(25))
+    assert answer.status_code == 201, answer.text
+
+
+def test_page_size_is_capped(client):
+    answer = client.get("/Patient", params={"_count": "100000000"})
+    assert answer.status_code == 200
+    self_link = next(link["url"] for link in answer.json()["link"] if link["relation"] == "self")
+    assert "_count=1000" in self_link
+
+
+def test_chains_deeper_than_four_levels_are_refused(client):
+    deep = "subject:Patient.general-practitioner:PractitionerRole.organization.partof.partof.name"
+    answer = client.get("/Observation", params={deep: "x"}, headers={"Prefer": "handling=strict"})
+    assert answer.status_code == 400
+    assert "limited to 4 levels" in answer.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("path", ["/metadata", "/Patient/does-not-exist", "/Patient?_count=x"])
+def test_security_headers_on_every_answer(client, path):
+    answer = client.get(path, headers={"Prefer": "handling=strict"})
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert answer.headers["referrer-policy"] == "no-referrer"
+    assert "default-src 'none'" in answer.headers["content-security-policy"]
+    assert "Traceback" not in answer.text
+
+
+def test_body_over_the_limit_gets_413_with_the_headers(client, unchanged):
+    answer = client.post("/Patient", content=b"{" + b" " * (16 * 1024 * 1024) + b"}")
+    assert answer.status_code == 413
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.json()["issue"][0]["code"] == "too-costly"
+
+
+@pytest.fixture(scope="module")
+def limited_server():
+    running = start_server({"FHIR_DATABASE_URL": "", "FHIR_RATE_LIMIT_PER_S": "2", "FHIR_RATE_LIMIT_BURST": "5"})
+    yield running
+    stop_server(running)
+
+
+def test_rate_limit_per_client(limited_server):
+    with httpx.Client(base_url=limited_server.base_url, timeout=10) as http:
+        statuses = [http.get("/Patient").status_code for _ in range(8)]
+        assert statuses[:5] == [200] * 5
+        assert 429 in statuses[5:]
+        refused = http.get("/Patient")
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["issue"][0]["code"] == "throttled"
+        assert refused.headers["x-request-id"]
+        # another client (another bearer token) has a bucket of its own; health checks are never limited
+        assert http.get("/Patient", headers={"Authorization": "Bearer other"}).status_code in (200, 401)
+        assert http.get("/health").status_code == 200
