@@ -21,6 +21,7 @@ from ..search.query import parse_search
 from ..search.registry import PATIENT_COMPARTMENT
 from ..store.base import format_instant
 from ..store.bulk import ExportSelection, export_page, pk_range, resource_pk
+from . import access
 from .jobs import JobContext, parse_instant
 
 OUTPUT_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
@@ -141,10 +142,13 @@ class OutputFile:
     bytes: int = 0
 
 
+def default_types(level: str) -> list[str]:
+    """What an export without _type covers: every type, or the Patient compartment's."""
+    return COMPARTMENT_TYPES if level != "system" else sorted(RESOURCE_TYPES)
+
+
 async def selection(ctx: JobContext, request: ExportRequest) -> ExportSelection:
-    types = request.types
-    if types is None:
-        types = COMPARTMENT_TYPES if request.level != "system" else sorted(RESOURCE_TYPES)
+    types = request.types if request.types is not None else default_types(request.level)
     sel = ExportSelection(types=types, until=ctx.job.transaction_time,
                           since=datetime.fromisoformat(request.since) if request.since else None)
     sel.with_deletions = request.level == "system" and sel.since is not None
@@ -157,6 +161,7 @@ async def selection(ctx: JobContext, request: ExportRequest) -> ExportSelection:
     for raw in request.type_filters:
         resource_type, clauses = type_filter_clauses(raw, request, ctx.service.registry, ctx.params["base"])
         sel.type_filters.setdefault(resource_type, []).append(clauses)
+    sel.access = access.read_conditions(ctx.params.get("grant"), ctx.service.registry, types)
     return sel
 
 

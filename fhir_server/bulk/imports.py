@@ -26,6 +26,7 @@ from ..loader import load_resources
 from ..model.outcome import BadRequest, FhirError, Issue, operation_outcome
 from ..model.types import is_resource_type
 from ..store.base import format_instant
+from . import access
 from .export import OUTPUT_FORMATS
 from .jobs import JobContext
 
@@ -161,7 +162,7 @@ async def run_import(ctx: JobContext) -> dict[str, Any]:
         state = {}
     done = state.setdefault("inputs", [{"lines": 0, "count": 0, "errors": 0, "finished": False} for _ in inputs])
     state.setdefault("error_bytes", 0)
-    with open(ctx.directory / ERRORS, "ab") as errors:  # noqa: ASYNC230 (local disk)
+    with open(ctx.directory / ERRORS, "ab") as errors, access.acting_as_job(ctx.params.get("grant")):  # noqa: ASYNC230
         importer = _Importer(ctx, errors, state)
         for source, progress in zip(inputs, done, strict=True):
             if not progress["finished"]:

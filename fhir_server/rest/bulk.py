@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from ..bulk import access
-from ..bulk.export import kickoff_pairs, output_path, parse_export
+from ..bulk.export import default_types, kickoff_pairs, output_path, parse_export
 from ..bulk.imports import UPLOAD, parse_import
 from ..bulk.jobs import BulkRunner, job_directory, status_of
 from ..model.outcome import BadRequest, Issue, NotFound, operation_outcome
@@ -50,9 +50,12 @@ async def _export(request: Request, level: str, group_id: str | None = None) -> 
                           registry=service.registry, base_url=base_url(request))
     if group_id is not None:
         await service.read("Group", group_id)  # 404 / 410 now rather than a failed job later
-    export.types = access.permitted_types(request, export.types)
-    params = {"request": export.__dict__, "base": base_url(request),
-              "requiresAccessToken": access.requires_access_token(request)}
+    candidates = export.types if export.types is not None else default_types(level)
+    permitted = access.permitted_types(candidates, explicit=export.types is not None)
+    if permitted != candidates:
+        export.types = permitted
+    params = {"request": export.__dict__, "base": base_url(request), "grant": access.job_grant(),
+              "requiresAccessToken": access.requires_access_token(request.app.state.settings)}
     job = await _runner(request).submit("export", str(request.url), params)
     return _accepted(request, job.id, "Export")
 
@@ -90,19 +93,16 @@ async def bulk_import(request: Request) -> Response:
     else:
         prefixes = [p.strip() for p in request.app.state.settings.import_url_prefixes.split(",") if p.strip()]
         inputs = parse_import(await read_json_body(request, dict), prefixes)
-    permitted = access.permitted_types(request, [i["type"] for i in inputs if i["type"]], write=True)
-    for source in inputs:
-        if source["type"] and permitted is not None and source["type"] not in permitted:
-            raise BadRequest(f"Importing {source['type']} is not permitted", expression=["Parameters.parameter"])
-    params = {"inputs": inputs, "base": base_url(request),
-              "requiresAccessToken": access.requires_access_token(request)}
+    access.check_import_types(sorted({i["type"] for i in inputs if i["type"]}))
+    params = {"inputs": inputs, "base": base_url(request), "grant": access.job_grant(),
+              "requiresAccessToken": access.requires_access_token(request.app.state.settings)}
     job = await _runner(request).submit("import", str(request.url), params, files)
     return _accepted(request, job.id, "Import")
 
 
 async def _job(request: Request, job_id: str):
     job = await _runner(request).table.get(job_id)
-    if job is None:
+    if job is None or not access.same_client(orjson.loads(job.params).get("grant")):
         raise NotFound(f"No bulk job '{job_id[:64]}' (never started, cancelled or expired)",
                        expression=["job"])
     return job

@@ -113,6 +113,7 @@ class ExportSelection:
     patients: list[str] | None = None  # only these patients' compartments
     group_pk: int | None = None  # only the compartments of this Group's Patient members
     type_filters: dict[str, list[list[Clause]]] = field(default_factory=dict)  # type -> ORed clause lists
+    access: dict[str, Clause] = field(default_factory=dict)  # type -> what the caller's scopes confine it to
 
 
 def _selection_conditions(store: SqlResourceStore, sel: ExportSelection) -> list[ColumnElement]:
@@ -136,6 +137,8 @@ def _selection_conditions(store: SqlResourceStore, sel: ExportSelection) -> list
         types = (resource_type,)
         matches = or_(*(and_(*(sql.condition(c, r, types) for c in clauses)) for clauses in alternatives))
         where.append(or_(r.c.resource_type != resource_type, matches))
+    for resource_type, clause in sel.access.items():
+        where.append(or_(r.c.resource_type != resource_type, sql.condition(clause, r, (resource_type,))))
     return where
 
 
