@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import and_, delete, false, func, insert, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
+from ..model.types import RESOURCE_TYPES
 from ..search.query import Clause
 from .schema import SEARCH_TABLES, bulk_jobs
 from .schema import resources as res
@@ -118,7 +119,9 @@ class ExportSelection:
 
 def _selection_conditions(store: SqlResourceStore, sel: ExportSelection) -> list[ColumnElement]:
     r = res
-    where = [r.c.resource_type.in_(sel.types), r.c.last_updated <= sel.until]
+    where = [r.c.last_updated <= sel.until]
+    if not RESOURCE_TYPES <= set(sel.types):  # a list of every type only costs time (half of it on SQLite)
+        where.append(r.c.resource_type.in_(sel.types))
     if sel.since is not None:
         where.append(r.c.last_updated > sel.since)
     if not sel.with_deletions:
