@@ -14,10 +14,14 @@ from . import __version__
 from .auth.audit import AuditMiddleware, AuditTrail
 from .auth.middleware import BearerAuthMiddleware
 from .auth.server import AuthServer
+from .bulk.export import run_export
+from .bulk.imports import run_import
+from .bulk.jobs import BulkRunner
 from .dicom.ingest import DicomIngest
 from .dicom.urls import PREFIX as DICOMWEB
 from .dicom.web import router as dicomweb_router
 from .logs import configure_logging
+from .rest.bulk import router as bulk_router
 from .rest.errors import install_error_handlers
 from .rest.middleware import PathCorsMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from .rest.operations import router as operations_router
@@ -25,6 +29,7 @@ from .rest.routes import router
 from .rest.smart import router as smart_router
 from .rest.subscriptions import router as subscriptions_router
 from .rest.terminology import router as terminology_router
+from .rest.views import router as views_router
 from .rest.workflows import router as workflows_router
 from .service import ResourceService
 from .settings import Settings
@@ -48,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = ResourceService(store, settings)
         await app.state.service.start()
         app.state.dicom = DicomIngest(app.state.service)  # STOW-RS stores through the SCP's ingest path
+        app.state.bulk = BulkRunner(app.state.service, settings, {"export": run_export, "import": run_import})
+        await app.state.bulk.start()
         if settings.auth_enabled and settings.audit:
             app.state.audit = AuditTrail(app.state.service)
             app.state.audit.start()
@@ -61,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.bulk.stop()
             if app.state.audit is not None:
                 await app.state.audit.stop()
             await app.state.subscriptions.stop()
@@ -91,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(operations_router)  # before the generic /{type}/{id} routes that would take $operations
     app.include_router(terminology_router)  # before the generic routes, like the other operations
+    app.include_router(bulk_router)  # before the generic routes: /Patient/$export, /Group/{id}/$export
+    app.include_router(views_router)
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
     app.include_router(workflows_router)  # Patient $match/$merge/$everything, $referral-stats
     app.include_router(subscriptions_router)

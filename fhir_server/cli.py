@@ -207,6 +207,94 @@ def ecg(records: tuple[str, ...], as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("definition", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "ndjson", "json"]), default="csv",
+              show_default=True, help="Output format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="File to write ('-' for standard output, text formats only).")
+@click.option("--input", "inputs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Run over these NDJSON files (e.g. a $export's output) instead of the store; repeatable.")
+@click.option("--no-header", is_flag=True, help="CSV without the header line.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data directory of the embedded database (env FHIR_DATA_DIR).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def view(definition: Path, fmt: str, output: Path, inputs: tuple[Path, ...], no_header: bool,
+         data_dir: Path | None, quiet: bool) -> None:
+    """Run a SQL on FHIR ViewDefinition (JSON file) over the store and write its rows."""
+    import orjson
+
+    from .model.outcome import FhirError
+    from .views.evaluator import View
+
+    if data_dir is not None:
+        os.environ["FHIR_DATA_DIR"] = str(data_dir.resolve())
+    if fmt == "parquet" and str(output) == "-":
+        raise click.UsageError("Parquet needs a file (-o FILE)")
+    try:
+        compiled = View(orjson.loads(definition.read_bytes()))
+        written = asyncio.run(_run_view(compiled, fmt, output, list(inputs), not no_header, quiet))
+    except orjson.JSONDecodeError as exc:
+        raise click.ClickException(f"{definition}: not JSON: {exc}") from exc
+    except FhirError as exc:
+        where = ", ".join(i for issue in exc.issues for i in issue.expression)
+        raise click.ClickException(f"{definition}: {exc}" + (f" (at {where})" if where else "")) from exc
+    click.echo(f"{written} rows of {compiled.name} written to {output}", err=True)
+
+
+async def _run_view(compiled, fmt: str, output: Path, inputs: list[Path], header: bool, quiet: bool) -> int:
+    from tqdm import tqdm
+
+    from .store import open_store
+    from .store.bulk import count_type
+    from .views.output import ParquetOutput, TextEncoder
+    from .views.run import store_pages
+
+    store = open_store(Settings()) if not inputs else None
+    try:
+        total = await count_type(store, compiled.resource) if store else None
+        bar = tqdm(total=total, unit="res", disable=quiet, dynamic_ncols=True, file=sys.stderr)
+        if store is not None:
+            pages = store_pages(store, compiled, progress=bar.update)
+        else:
+            pages = _file_pages(compiled, inputs, bar)
+        written = 0
+        if fmt == "parquet":
+            out = ParquetOutput(compiled, output)
+            async for rows in pages:
+                out.write(rows)
+                written += len(rows)
+            out.close()
+        else:
+            encoder = TextEncoder(compiled, fmt, header)
+            with (sys.stdout.buffer if str(output) == "-" else open(output, "wb")) as handle:  # noqa: ASYNC230
+                handle.write(encoder.start())
+                async for rows in pages:
+                    handle.write(encoder.page(rows))
+                    written += len(rows)
+                handle.write(encoder.end())
+        bar.close()
+        return written
+    finally:
+        if store is not None:
+            await store.close()
+
+
+async def _file_pages(compiled, inputs: list[Path], bar):
+    from .views.run import resource_pages
+
+    def lines():
+        for path in inputs:
+            with open(path, "rb") as handle:
+                for line in handle:
+                    if line.strip():
+                        bar.update(1)
+                        yield line
+
+    for rows in resource_pages(compiled, lines()):
+        yield rows
+
+
+@main.command()
 def migrate() -> None:
     """Create or upgrade the database schema, then exit."""
     asyncio.run(_migrate(Settings()))

@@ -160,22 +160,34 @@ class _Worker:
         return await self._resources(unit, entries)
 
     async def _resources(self, unit: Unit, items: list[tuple[int, Any]]) -> UnitResult:
-        """Validate each resource, reject the bad ones, write the rest (ids kept) in one transaction."""
-        rejects, good, positions = [], [], []
-        for position, item in items:
-            try:
-                resource = orjson.loads(item) if isinstance(item, bytes | str) else item
-            except orjson.JSONDecodeError as exc:
-                rejects.append(_reject(unit, position, f"Malformed JSON: {exc}"))
-                continue
-            if not isinstance(resource, dict) or not resource.get("resourceType"):
-                rejects.append(_reject(unit, position, "not a FHIR resource"))
-                continue
-            good.append(resource)
-            positions.append(position)
-        written, errors = await self.service.upsert_many(good)
-        rejects += [_reject(unit, positions[i], error) for i, error in errors]
-        return UnitResult(unit.key, written, rejects)
+        written, errors = await load_resources(self.service, items)
+        return UnitResult(unit.key, written, [_reject(unit, position, error) for position, error in errors])
+
+
+async def load_resources(service, items: list[tuple[int, Any]], expected_type: str | None = None
+                         ) -> tuple[int, list[tuple[int, FhirError | str]]]:
+    """Parse (position, JSON text or resource) items, reject the bad ones, write the rest (ids kept) in
+    one transaction. Returns how many were written and (position, reason) of each rejected item."""
+    rejects: list[tuple[int, FhirError | str]] = []
+    good, positions = [], []
+    for position, item in items:
+        try:
+            resource = orjson.loads(item) if isinstance(item, bytes | str) else item
+        except orjson.JSONDecodeError as exc:
+            rejects.append((position, f"Malformed JSON: {exc}"))
+            continue
+        if not isinstance(resource, dict) or not resource.get("resourceType"):
+            rejects.append((position, "not a FHIR resource"))
+            continue
+        if expected_type is not None and resource["resourceType"] != expected_type:
+            rejects.append((position, f"a {resource['resourceType']} in an input of {expected_type} resources"))
+            continue
+        good.append(resource)
+        positions.append(position)
+    written, errors = await service.upsert_many(good)
+    rejects += [(positions[i], error) for i, error in errors]
+    rejects.sort(key=lambda reject: reject[0])
+    return written, rejects
 
 
 _worker: _Worker | None = None

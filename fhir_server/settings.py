@@ -104,6 +104,16 @@ class Settings(BaseSettings):
     auth_launch_ttl_s: int = 600
     # Login and consent pages must be finished within this time of the authorization request.
     auth_request_ttl_s: int = 900
+    # Bulk data ($export, $import): resources per second one job may read or write (0: as fast as it
+    # can; a limit leaves the database to the clinics' own traffic), output resources per file, how long
+    # a worker's hold on a running job lasts without a checkpoint before another worker takes it over,
+    # and how long finished jobs and their files are kept.
+    bulk_max_rate: int = 0
+    bulk_file_max_resources: int = 100_000
+    bulk_lease_s: float = 60.0
+    bulk_retention_h: float = 24.0
+    # URL prefixes $import may fetch NDJSON from (comma-separated); empty: uploads only.
+    import_url_prefixes: str = ""
 
     @cached_property
     def effective_database_url(self) -> str:

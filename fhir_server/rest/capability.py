@@ -14,11 +14,14 @@ from .subscriptions import websocket_url
 _TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                       "search-type"]
 _COMMON_PARAMS = [("_id", "token"), ("_lastUpdated", "date"), ("_text", "string"), ("_content", "string")]
+_HL7_OPERATION = "http://hl7.org/fhir/OperationDefinition/"
+_BULK = "http://hl7.org/fhir/uv/bulkdata"
 # operations per resource type: (name, path of its OperationDefinition on this server, or its canonical URL)
 _OPERATIONS = {"Observation": [("ecg-triage", "OperationDefinition/ecg-triage")],
                "Patient": [(name, f"http://hl7.org/fhir/OperationDefinition/Patient-{name}")
-                           for name in ("match", "merge", "everything")]}
-_HL7_OPERATION = "http://hl7.org/fhir/OperationDefinition/"
+                           for name in ("match", "merge", "everything")]
+               + [("export", f"{_BULK}/OperationDefinition/patient-export")],
+               "Group": [("export", f"{_BULK}/OperationDefinition/group-export")]}
 _TERMINOLOGY_OPERATIONS = {"CodeSystem": ["lookup", "validate-code", "subsumes"],
                            "ValueSet": ["expand", "validate-code"], "ConceptMap": ["translate"]}
 _TOKEN_MODIFIERS = "Modifiers: :missing, :not, :text, :of-type (identifier), :in, :not-in (a ValueSet), " \
@@ -83,6 +86,7 @@ def capability_statement(base: str, backend: str, registry: Registry, smart: boo
         "kind": "instance",
         "software": {"name": "alliance-fhir-server", "version": __version__},
         "implementation": {"description": f"County medical alliance FHIR server ({backend})", "url": base},
+        "instantiates": [f"{_BULK}/CapabilityStatement/bulk-data"],
         "fhirVersion": "4.0.1",
         "format": ["json", "application/fhir+json", "application/json"],
         "rest": [{
@@ -93,6 +97,7 @@ def capability_statement(base: str, backend: str, registry: Registry, smart: boo
                             {"code": "search-system"}],
             "searchParam": [{"name": code, "type": kind} for code, kind in _COMMON_PARAMS[:2]]
             + [{"name": "_type", "type": "token"}],
+            "operation": [{"name": "export", "definition": f"{_BULK}/OperationDefinition/export"}],
         }],
     }
     if smart:

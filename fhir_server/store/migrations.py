@@ -54,6 +54,10 @@ async def _v6_subscriptions(conn: AsyncConnection) -> None:
                                                             schema.subscription_deliveries])
 
 
+async def _v7_bulk_jobs(conn: AsyncConnection) -> None:
+    await conn.run_sync(schema.metadata.create_all, tables=[schema.bulk_jobs])
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "resources and resource_versions", _v1_resources),
     Migration(2, "search index tables", _v2_search_index),
@@ -61,6 +65,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "DICOM instance index", _v4_dicom_instances),
     Migration(5, "authorization server: keys, clients, users, codes and tokens", _v5_auth),
     Migration(6, "subscription outbox and deliveries", _v6_subscriptions),
+    Migration(7, "bulk $export/$import jobs", _v7_bulk_jobs),
 ]
 
 LATEST_VERSION = max(step.version for step in MIGRATIONS)

@@ -178,6 +178,26 @@ dicom_instances = Table(
     Index("ix_dicom_instances_accession", "accession"),
 )
 
+# Asynchronous bulk jobs ($export, $import): kept in the database so that any worker answers a status
+# poll and a job outlives a restart. `state` is the job's checkpoint (JSON text), `manifest` the finished
+# answer; `owner` and `heartbeat` are the lease of the worker process running it.
+bulk_jobs = Table(
+    "bulk_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("request", Text, nullable=False),
+    Column("params", Text, nullable=False),
+    Column("transaction_time", UtcDateTime, nullable=False),
+    Column("owner", String(64), nullable=True),
+    Column("heartbeat", UtcDateTime, nullable=False),
+    Column("progress", String(200), nullable=False, default=""),
+    Column("state", Text, nullable=False, default="{}"),
+    Column("manifest", Text, nullable=True),
+    Index("ix_bulk_jobs_status_heartbeat", "status", "heartbeat"),
+)
+
 schema_migrations = Table(
     "schema_migrations",
     metadata,
