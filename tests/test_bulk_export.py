@@ -217,5 +217,7 @@ def test_capability_statement_lists_the_bulk_operations(client):
     assert rest["operation"] == [{"name": "export",
                                   "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]
     by_type = {r["type"]: r for r in rest["resource"]}
-    assert by_type["Group"]["operation"][0]["definition"].endswith("/OperationDefinition/group-export")
-    assert by_type["Patient"]["operation"][0]["definition"].endswith("/OperationDefinition/patient-export")
+    def export_of(resource_type: str) -> str:
+        return next(o["definition"] for o in by_type[resource_type]["operation"] if o["name"] == "export")
+    assert export_of("Group").endswith("/OperationDefinition/group-export")
+    assert export_of("Patient").endswith("/OperationDefinition/patient-export")
