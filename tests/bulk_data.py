@@ -108,3 +108,9 @@ def exported(http: httpx.Client, manifest: dict, key: str = "output") -> dict[st
         assert len(resources) == item["count"]
         out.setdefault(item["type"], []).extend(resources)
     return out
+
+
+def store_counts(http: httpx.Client, types) -> dict[str, int]:
+    """Live resources per type in the store (types with none left out)."""
+    counts = {t: http.get(f"/{t}", params={"_summary": "count"}).json()["total"] for t in types}
+    return {t: n for t, n in counts.items() if n}
