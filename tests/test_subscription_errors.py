@@ -94,7 +94,7 @@ def test_a_transaction_with_a_bad_subscription_stores_nothing(client, unchanged)
     assert response.status_code == 422, response.text
     issue = response.json()["issue"][0]
     assert "Subscription.criteria: Unknown search parameter 'colour'" in issue["diagnostics"]
-    assert issue["expression"] == ["Bundle.entry[1].resource"]
+    assert issue["expression"] == ["Bundle.entry[1].resource.criteria"]
 
 
 def test_websocket_bind_is_refused_for_what_is_not_a_websocket_subscription(server, stored):
