@@ -232,12 +232,7 @@ class ResourceService:
         for item in items:
             by_type.setdefault(item[0], []).append(item[1])
         for resource_type, ids in by_type.items():
-            found = access.require(resource_type, "c")
-            if found is not None:
-                allowed = await access.matching(self, resource_type, ids, found, tx)
-                for resource_id in ids:
-                    if resource_id not in allowed:
-                        await access.check(self, resource_type, resource_id, "c", tx, found)  # raises
+            await access.check_many(self, resource_type, ids, "c", tx, access.require(resource_type, "c"))
 
     async def upsert_many(self, resources: list[dict[str, Any]]) -> tuple[int, list[tuple[int, FhirError]]]:
         """Bulk load: resources keep their ids (new ones get one). Invalid resources are returned with

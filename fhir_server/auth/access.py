@@ -115,10 +115,17 @@ class Access:
         """403 unless the current version of the resource passes one of the action's alternatives."""
         if found is False:
             found = self.require(resource_type, action)
+        await self.check_many(service, resource_type, [resource_id], action, tx, found)
+
+    async def check_many(self, service, resource_type: str, ids: list[str], action: str, tx,
+                         found: list[Filter] | None) -> None:
+        """403 naming the first of the ids whose current version passes none of the alternatives."""
         if found is None:
             return
-        if not await self.matching(service, resource_type, [resource_id], found, tx):
-            raise Forbidden(f"{resource_type}/{resource_id} is outside what the access token's scopes allow "
+        allowed = await self.matching(service, resource_type, ids, found, tx)
+        outside = next((i for i in ids if i not in allowed), None)
+        if outside is not None:
+            raise Forbidden(f"{resource_type}/{outside} is outside what the access token's scopes allow "
                             f"for {ACTION_NAMES[action]}")
 
     async def matching(self, service, resource_type: str, ids: list[str], found: list[Filter], tx=None) -> set[str]:
