@@ -50,6 +50,12 @@ MIGRATION_LOCK_KEY = 0x46484952  # "FHIR"
 
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (a round trip and a statement per request): the pool's
+    connections only ever run single autocommit statements that leave no session state behind. (asyncpg
+    still rolls back anything left open before calling this.)"""
+
+
 def _pg_type(column) -> str:
     """SQL type of an index column for jsonb_to_recordset."""
     python_type = column.type.python_type
@@ -165,12 +171,12 @@ class PostgresResourceStore(SqlResourceStore):
         if write and self._write_dsn:
             if self._write_pool is None:
                 self._write_pool = await asyncpg.create_pool(
-                    self._write_dsn, min_size=1, max_size=self._pool_size,
+                    self._write_dsn, min_size=1, max_size=self._pool_size, reset=_keep_session,
                     server_settings={**self._server_settings, "synchronous_commit": "remote_apply"})
             return self._write_pool
         if self._read_pool is None:
             self._read_pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size,
-                                                        server_settings=self._server_settings)
+                                                        reset=_keep_session, server_settings=self._server_settings)
         return self._read_pool
 
     async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
