@@ -472,7 +472,8 @@ def _plan(resource_type: str, registry) -> list[tuple[SearchParam, tuple[frozens
     if plan is None:
         plan = registry.plans[resource_type] = [
             (p, _needed_keys(p, resource_type)) for p in registry.params(resource_type).values()
-            if p.code not in ("_id", "_lastUpdated")]  # those two are columns of the resources table
+            # _id and _lastUpdated are columns of the resources table; a union's rows are its parts'
+            if p.code not in ("_id", "_lastUpdated") and not p.parts]
     return plan
 
 

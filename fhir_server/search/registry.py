@@ -3,6 +3,7 @@ resources created at run time. One registry per process, keyed by resource type 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,6 +34,14 @@ class SearchParam:
     url: str = ""
     targets: tuple[str, ...] = ()
     components: tuple[Component, ...] = ()
+    # A union of other parameters of the same type (Observation's combo-code is code | component-code):
+    # its index rows are exactly theirs, so none are stored for it and a search reads the parts' rows.
+    parts: tuple[str, ...] = ()
+
+    @property
+    def stored_codes(self) -> tuple[str, ...]:
+        """The parameter codes under which this parameter's index rows are stored."""
+        return self.parts or (self.code,)
 
 
 @dataclass
@@ -51,8 +60,9 @@ class Registry:
     def params(self, resource_type: str) -> dict[str, SearchParam]:
         return self.by_type.get(resource_type, {})
 
-    def add(self, definition: dict[str, Any]) -> list[SearchParam]:
-        """Register one SearchParameter definition for each of its base types; return what was added."""
+    def add(self, definition: dict[str, Any], *, link: bool = True) -> list[SearchParam]:
+        """Register one SearchParameter definition for each of its base types; return what was added.
+        link=False leaves finding unions (link_unions) to the caller, once after many additions."""
         added = []
         expression = definition.get("expression") or ""
         bases = definition.get("base") or []
@@ -80,7 +90,54 @@ class Registry:
             added.append(param)
         if added and definition.get("url"):
             self.by_url[definition["url"]] = added[0]
+        if link:
+            self.link_unions(base for base in bases if base in RESOURCE_TYPES)
         return added
+
+    def link_unions(self, resource_types) -> None:
+        """Mark each parameter whose values are the union of other parameters' (same kind, union terms
+        covered exactly, no overlap; composites with the same components) with those parts."""
+        for resource_type in resource_types:
+            params = self.by_type.get(resource_type)
+            if not params:
+                continue
+            plain = {code: dataclasses.replace(p, parts=()) for code, p in params.items()}
+            terms = {code: _union_terms(p.expression) for code, p in plain.items()}
+            for code in sorted(plain, key=lambda c: len(terms[c])):  # smaller unions first: parts may be unions
+                param = plain[code]
+                if param.type in _UNLINKED or len(terms[code]) < 2:
+                    continue
+                shape = self._shape(param)
+                candidates = sorted(
+                    (c for c, p in plain.items() if c != code and p.type == param.type and len(terms[c]) <
+                     len(terms[code]) and terms[c] <= terms[code] and self._shape(p) == shape),
+                    key=lambda c: (-len(terms[c]), c))
+                covered: set[str] = set()
+                parts = []
+                for candidate in candidates:
+                    if covered.isdisjoint(terms[candidate]):
+                        covered |= terms[candidate]
+                        parts.extend(plain[candidate].stored_codes)
+                if covered == terms[code]:
+                    plain[code] = dataclasses.replace(param, parts=tuple(sorted(set(parts))))
+            replaced = {id(params[code]): new for code, new in plain.items() if new != params[code]}
+            params.update(plain)
+            if replaced:
+                for url, param in self.by_url.items():
+                    self.by_url[url] = replaced.get(id(param), param)
+            self.plans.pop(resource_type, None)
+
+    def _shape(self, param: SearchParam) -> tuple:
+        """What besides the expression decides a parameter's rows: a composite's components."""
+        return tuple((c.expression, getattr(self.by_url.get(c.definition), "type", None)) for c in param.components)
+
+
+# References: chains, _include, _has and compartments name the reference parameters' codes directly.
+_UNLINKED = frozenset({"reference", "special"})
+
+
+def _union_terms(expression: str) -> frozenset[str]:
+    return frozenset(" ".join(term.split()) for term in expression.split("|") if term.strip())
 
 
 def narrow_expression(expression: str, resource_type: str) -> str:
@@ -97,7 +154,8 @@ def _load_core() -> Registry:
         "data/alliance-search-parameters.json").read_text())
     for definition in data["parameters"] + alliance["parameters"]:
         if definition.get("expression") or definition["type"] == "composite":
-            registry.add(definition)
+            registry.add(definition, link=False)
+    registry.link_unions(registry.by_type)
     return registry
 
 

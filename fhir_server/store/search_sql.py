@@ -51,6 +51,14 @@ def _types(column, types: tuple[str, ...]) -> ColumnElement:
     return column == types[0] if len(types) == 1 else column.in_(types)
 
 
+_codes = _types  # the same test on an index table's param column
+
+
+def _stored(param, code: str, suffix: str = "") -> tuple[str, ...]:
+    """The param codes a parameter's index rows are stored under (a union parameter's are its parts')."""
+    return tuple(c + suffix for c in (param.stored_codes if param is not None else (code,)))
+
+
 # ---- value conditions ----
 
 def _prefix(column, text: str) -> ColumnElement:
@@ -183,9 +191,9 @@ class SearchSql:
     def __init__(self, dialect: str):
         self.dialect = dialect
 
-    def _subquery(self, table, types, param_code: str, value_cond: ColumnElement):
+    def _subquery(self, table, types, param_codes: tuple[str, ...], value_cond: ColumnElement):
         t = table
-        return select(t.c.res_pk).where(_types(t.c.resource_type, types), t.c.param == param_code, value_cond)
+        return select(t.c.res_pk).where(_types(t.c.resource_type, types), _codes(t.c.param, param_codes), value_cond)
 
     def condition(self, clause: Clause, r, types: tuple[str, ...]) -> ColumnElement:
         kind = clause.kind
@@ -205,7 +213,7 @@ class SearchSql:
         if kind == "missing":
             table = SEARCH_TABLES[clause.param.type if clause.param.type in SEARCH_TABLES else "token"]
             present = select(table.c.res_pk).where(_types(table.c.resource_type, types),
-                                                   table.c.param == clause.code)
+                                                   _codes(table.c.param, _stored(clause.param, clause.code)))
             return r.c.pk.not_in(present) if clause.missing else r.c.pk.in_(present)
         if kind == "chain":
             return self._chain(clause, r, types)
@@ -238,13 +246,13 @@ class SearchSql:
 
     def index_subquery(self, clause: Clause, types: tuple[str, ...]):
         """res_pk of the index rows that match a value clause (token, string, date, ...)."""
-        table_name, param_code, builder = self._value_builder(clause)
+        table_name, suffix, builder = self._value_builder(clause)
         t = SEARCH_TABLES[table_name]
         combine = and_ if clause.kind == "date_all" else or_  # date_all: every bound on the same value
         condition = combine(*(builder(t, v) for v in clause.values))
         if self.dialect == "postgresql" and clause.kind in ("date", "date_all"):
             condition = and_(condition, self._date_overlap(t, clause))
-        return self._subquery(t, types, param_code, condition)
+        return self._subquery(t, types, _stored(clause.param, clause.code, suffix), condition)
 
     def _date_overlap(self, t, clause: Clause) -> ColumnElement:
         """The range every match must overlap, so the GiST range index can find the rows (it is implied
@@ -258,11 +266,12 @@ class SearchSql:
         return or_(*(_overlaps(t, lower, upper) for lower, upper in bounds))
 
     def _value_builder(self, clause: Clause):
-        kind, code, modifier = clause.kind, clause.code, clause.modifier
+        """The index table, the suffix of the rows' param code (:of-type, :identifier) and the condition."""
+        kind, modifier = clause.kind, clause.modifier
         if kind == "token" and modifier in TERMINOLOGY_MODIFIERS:
-            return "token", code, _token_set_condition
+            return "token", "", _token_set_condition
         if kind == "token":
-            return "token", f"{code}:of-type" if modifier == "of-type" else code, _token_condition
+            return "token", ":of-type" if modifier == "of-type" else "", _token_condition
         if kind == "string":
             def string_cond(t, v: StringValue):
                 if modifier == "exact":
@@ -270,17 +279,17 @@ class SearchSql:
                 if modifier == "contains":
                     return t.c.normalized.contains(v.normalized, autoescape=True)
                 return _prefix(t.c.normalized, v.normalized)
-            return "string", code, string_cond
+            return "string", "", string_cond
         if kind in ("date", "date_all"):
-            return "date", code, lambda t, v: range_condition(v.prefix, t.c.low, t.c.high, v.low, v.high)
+            return "date", "", lambda t, v: range_condition(v.prefix, t.c.low, t.c.high, v.low, v.high)
         if kind == "number":
-            return "number", code, lambda t, v: number_condition(v.prefix, t.c.value, v.value, v.low, v.high)
+            return "number", "", lambda t, v: number_condition(v.prefix, t.c.value, v.value, v.low, v.high)
         if kind == "quantity":
-            return "quantity", code, _quantity_condition
+            return "quantity", "", _quantity_condition
         if kind == "reference":
             if modifier == "identifier":
-                return "token", f"{code}:identifier", _token_condition
-            return "reference", code, _reference_condition
+                return "token", ":identifier", _token_condition
+            return "reference", "", _reference_condition
         if kind == "uri":
             def uri_cond(t, v):
                 if modifier == "below":  # the same URL or one below it in the path hierarchy
@@ -288,10 +297,10 @@ class SearchSql:
                 if modifier == "above":
                     return literal(v.value).like(t.c.value.concat("%"))
                 return t.c.value == v.value
-            return "uri", code, uri_cond
+            return "uri", "", uri_cond
         if kind == "composite":
-            return "composite", code, _composite_condition
-        raise BadRequest(f"Search on '{code}' ({kind}) is not supported")
+            return "composite", "", _composite_condition
+        raise BadRequest(f"Search on '{clause.code}' ({kind}) is not supported")
 
     def _text_of(self, r, kind: str):
         if kind == "content":
@@ -332,7 +341,8 @@ class SearchSql:
                   "token": lambda t: t.c.code, "number": lambda t: t.c.value,
                   "quantity": lambda t: func.coalesce(t.c.canon_value, t.c.value),
                   "reference": lambda t: t.c.target_id, "uri": lambda t: t.c.value}[kind](table)
-        value = select(agg(column)).where(table.c.res_pk == r.c.pk, table.c.param == key.code).scalar_subquery()
+        value = select(agg(column)).where(table.c.res_pk == r.c.pk,
+                                          _codes(table.c.param, _stored(key.param, key.code))).scalar_subquery()
         if kind == "date":
             sentinel = MIN_MS - 1 if key.descending else MAX_MS + 1
         elif kind in ("number", "quantity"):
