@@ -60,11 +60,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from pgcluster import free_port, postgres_cluster  # noqa: E402
+from pgcluster import controlled_cluster, free_port  # noqa: E402
 
 try:  # uvloop comes with uvicorn[standard], a dependency of the server: a cheaper client loop
     import uvloop
@@ -675,8 +674,9 @@ def bench_backend(backend: str, args: argparse.Namespace, loader: Loader) -> dic
             env["FHIR_LOG_LEVEL"] = args.log_level
         if backend == "postgresql":
             out("starting a durable PostgreSQL cluster ...")
-            env["FHIR_DATABASE_URL"] = url = stack.enter_context(postgres_cluster(durable=True))
-            postmaster = listening_pids(urlsplit(url).port or 5432)
+            cluster = stack.enter_context(controlled_cluster(durable=True))
+            env["FHIR_DATABASE_URL"] = cluster.socket_url if args.pg_socket else cluster.url
+            postmaster = listening_pids(cluster.port)
             loader.db_pid = postmaster[0] if postmaster else None
             stack.callback(setattr, loader, "db_pid", None)
         server = Server(workdir, args.workers, env)
@@ -806,6 +806,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-creates", type=int, default=200)
     parser.add_argument("--warmup-reads", type=int, default=500)
     parser.add_argument("--minimal", action="store_true", help="send Prefer: return=minimal on creates")
+    parser.add_argument("--pg-socket", action=argparse.BooleanOptionalAction, default=False,
+                        help="reach PostgreSQL through its Unix-domain socket, as a server on the same machine may"
+                             " (default: loopback TCP)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated data")
     parser.add_argument("--log-level", default=None, help="FHIR_LOG_LEVEL for the server (default: its own)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dirs and server logs")
@@ -820,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"workers": args.workers, "clients": args.clients, "client_procs": args.client_procs,
                 "creates": args.creates, "reads": args.reads, "health": args.health, "repeats": args.repeats,
                 "warmup": f"{args.warmup_creates}c+{args.warmup_reads}r", "minimal": args.minimal,
-                "spread": not args.no_spread,
+                "spread": not args.no_spread, "pg_via": "unix socket" if args.pg_socket else "tcp",
                 "log_level": args.log_level or "server default", "client_loop": "uvloop" if uvloop else "asyncio",
                 "cpus": os.cpu_count(), "python": sys.version.split()[0]}
     loader = Loader(args.clients, args.client_procs, spread=not args.no_spread)

@@ -119,5 +119,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     origins = [o.strip() for o in settings.dicomweb_cors_origins.split(",") if o.strip()]
     if origins:  # outermost, so that refusals (413) carry the headers a browser needs to read them
         app.add_middleware(PathCorsMiddleware, prefix=DICOMWEB, origins=origins)
-    app.add_middleware(AuditMiddleware, trail_of=lambda: app.state.audit)  # outermost: sees every answer
+    if settings.auth_enabled and settings.audit:  # outermost: sees every answer, 401s included
+        app.add_middleware(AuditMiddleware, trail_of=lambda: app.state.audit)
     return app

@@ -43,6 +43,8 @@ class Cluster:
         self.bindir, self.datadir, self.workdir = bindir, datadir, workdir
         self.options, self.as_postgres, self.port = options, as_postgres, port
         self.url = f"postgresql://postgres@127.0.0.1:{port}/fhir"
+        # the same database through the cluster's Unix-domain socket (cheaper than loopback TCP)
+        self.socket_url = f"postgresql://postgres@/fhir?host={workdir}&port={port}"
 
     def start(self) -> None:
         _run([f"{self.bindir}/pg_ctl", "-D", self.datadir, "-o", self.options, "-l", f"{self.workdir}/log", "-w",
