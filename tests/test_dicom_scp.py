@@ -137,6 +137,28 @@ def test_duplicate_instance_is_idempotent(dicom_server, dicom_client, tmp_path):
     assert len([f for f in stored_files(dicom_server) if f.name == f"{ds.SOPInstanceUID}.dcm"]) == 1
 
 
+def test_the_dataset_uid_decides_a_duplicate_not_the_announced_one(dicom_server, dicom_client, tmp_path):
+    """The duplicate check starts on the UID the C-STORE request announces (the file meta's, as a
+    chunked send takes it); a dataset that carries another UID is judged by its own."""
+    first, ds = variant("CT_small.dcm", tmp_path)
+    assert send(dicom_server, first) == 0x0000
+    announced_old, new = variant("CT_small.dcm", tmp_path, study_uid=ds.StudyInstanceUID,
+                                 series_uid=ds.SeriesInstanceUID, name="announced-old.dcm")
+    new.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID  # announces the stored instance
+    new.save_as(announced_old, enforce_file_format=False)
+    assert send(dicom_server, announced_old) == 0x0000
+    wait_for_study(dicom_client, ds.StudyInstanceUID, instances=2)  # stored: it is a new instance
+    announced_new, same = variant("CT_small.dcm", tmp_path, study_uid=ds.StudyInstanceUID,
+                                  series_uid=ds.SeriesInstanceUID, name="announced-new.dcm")
+    same.SOPInstanceUID = ds.SOPInstanceUID  # the stored instance again, announced as a new one
+    same.save_as(announced_new, enforce_file_format=False)
+    assert send(dicom_server, announced_new) == 0x0000
+    time.sleep(1.0)
+    assert wait_for_study(dicom_client, ds.StudyInstanceUID, instances=2)["numberOfInstances"] == 2
+    assert sorted(f.name for f in stored_files(dicom_server) if ds.StudyInstanceUID in str(f)) == sorted(
+        [f"{ds.SOPInstanceUID}.dcm", f"{new.SOPInstanceUID}.dcm"])
+
+
 def _rejected(server, dicom_client, path: Path, study_uid: str, expected_status: int) -> None:
     before = stored_files(server)
     assert send(server, path) == expected_status

@@ -96,10 +96,9 @@ class DicomIndex:
     def __init__(self, store):
         self.store = store  # a SqlResourceStore: the index lives in the same database
 
-    async def get(self, sop_uid: str) -> dict[str, Any] | None:
-        async with self.store.read_engine.connect() as conn:
-            row = (await conn.execute(select(T).where(T.c.sop_uid == sop_uid))).first()
-        return dict(row._mapping) if row else None
+    async def exists(self, sop_uid: str) -> bool:
+        async with self.store.write_engine.connect() as conn:  # the primary: a replica may lag behind
+            return (await conn.execute(select(T.c.pk).where(T.c.sop_uid == sop_uid))).first() is not None
 
     async def add(self, instance, blob_key: str, fragments: dict[str, Any]) -> bool:
         """Record a stored instance; False when the SOP Instance UID was already there."""

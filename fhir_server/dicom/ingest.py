@@ -70,6 +70,13 @@ def _same(existing: dict[str, Any], new: dict[str, Any]) -> bool:
     return {k: v for k, v in existing.items() if k not in strip} == {k: v for k, v in new.items() if k not in strip}
 
 
+def _discard(task: asyncio.Future | None) -> None:
+    """Let a look-up whose answer is no longer needed finish on its own (cancelling a database call
+    midway costs the connection); its outcome, even an error, is dropped."""
+    if task is not None:
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
 class DicomIngest:
     def __init__(self, service: ResourceService, blobs: BlobStore | None = None, *, parser_processes: int = 0):
         self.service = service
@@ -91,25 +98,24 @@ class DicomIngest:
 
     # ---- instances ----
 
-    async def store(self, raw: bytes, *, context_sop_class: str | None = None, study_uid: str | None = None) -> Stored:
+    async def store(self, raw: bytes, *, context_sop_class: str | None = None, study_uid: str | None = None,
+                    sop_uid: str | None = None) -> Stored:
         """Keep one instance (of study `study_uid`, when given). Raises Rejected (with the DICOM status) when
-        it is refused; a duplicate SOP Instance UID is accepted and changes nothing."""
-        if self.parsers is not None:  # parsing is most of an instance's CPU: give it a core of its own
-            args = (analyse, raw, context_sop_class, study_uid, self.mapping.timezone)
-            try:
-                instance, fragments = await asyncio.get_running_loop().run_in_executor(self.parsers, *args)
-            except BrokenProcessPool:  # a parser process died (killed, out of memory): start afresh, once
-                log.error("dicom parser process died; restarting it")
-                self.parsers.shutdown(wait=False)
-                self.parsers = self._parser_pool(self._parser_processes)
-                instance, fragments = await asyncio.get_running_loop().run_in_executor(self.parsers, *args)
-        else:
-            instance, fragments = await asyncio.to_thread(analyse, raw, context_sop_class, study_uid,
-                                                          self.mapping.timezone)
+        it is refused; a duplicate SOP Instance UID is accepted and changes nothing. `sop_uid`, the UID the
+        request announced (C-STORE's Affected SOP Instance UID), lets the duplicate check run meanwhile."""
+        known = asyncio.ensure_future(self.index.exists(sop_uid)) if sop_uid else None
+        try:
+            instance, fragments = await self._analyse(raw, context_sop_class, study_uid)
+        except BaseException:
+            _discard(known)
+            raise
         instance.raw = raw
         stored = Stored(instance.study_uid, instance.series_uid, instance.sop_uid, instance.sop_class_uid,
                         duplicate=False, instance=instance)
-        if await self.index.get(instance.sop_uid) is not None:
+        if known is not None and sop_uid != instance.sop_uid:  # announced one UID, sent another
+            _discard(known)
+            known = None
+        if await (known if known is not None else self.index.exists(instance.sop_uid)):
             stored.duplicate = True
             return stored
         key = instance_key(instance.study_uid, instance.series_uid, instance.sop_uid)
@@ -127,6 +133,18 @@ class DicomIngest:
             raise Rejected(OUT_OF_RESOURCES, "Cannot index the instance") from exc
         stored.duplicate = not inserted
         return stored
+
+    async def _analyse(self, raw: bytes, context_sop_class: str | None, study_uid: str | None):
+        if self.parsers is not None:  # parsing is most of an instance's CPU: give it a core of its own
+            args = (analyse, raw, context_sop_class, study_uid, self.mapping.timezone)
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self.parsers, *args)
+            except BrokenProcessPool:  # a parser process died (killed, out of memory): start afresh, once
+                log.error("dicom parser process died; restarting it")
+                self.parsers.shutdown(wait=False)
+                self.parsers = self._parser_pool(self._parser_processes)
+                return await asyncio.get_running_loop().run_in_executor(self.parsers, *args)
+        return await asyncio.to_thread(analyse, raw, context_sop_class, study_uid, self.mapping.timezone)
 
     # ---- the study's FHIR resources ----
 

@@ -136,7 +136,8 @@ class DicomBridge:
         sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", ""))
         try:
             raw = event.encoded_dataset(include_meta=True)
-            stored = self.call(self.ingest.store(raw, context_sop_class=event.context.abstract_syntax))
+            stored = self.call(self.ingest.store(raw, context_sop_class=event.context.abstract_syntax,
+                                                 sop_uid=sop_uid or None))
         except Rejected as exc:
             log.warning("dicom instance rejected", extra={"status": f"0x{exc.status:04X}", "reason": str(exc),
                                                           "calling_ae": calling, "sop_uid": sop_uid})
