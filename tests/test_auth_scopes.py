@@ -5,11 +5,14 @@ AuditEvent."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import pytest
+import websockets
 from smart_auth import AuthServer, auth_server_for, code_flow, oauth_client
+from websockets.exceptions import InvalidStatus
 
 VITALS = "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"
 CATEGORY = {"vital-signs": VITALS, "laboratory": "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"}
@@ -197,3 +200,37 @@ def test_accesses_and_refusals_are_audit_events(world):
     granted = httpx.get(server.base + "/AuditEvent", headers=system, params={
         "entity": f"Observation/{ids['Wang-vital-signs']}", "outcome": "0"}, timeout=30).json()
     assert granted.get("total", len(granted.get("entry", []))) >= 1
+
+
+def test_a_websocket_binds_only_with_a_token_that_may_read_the_subscription(world):
+    server, _ = world
+    system = server.system_token()
+    answer = httpx.post(server.base + "/Subscription", headers={"Authorization": f"Bearer {system}"}, json={
+        "resourceType": "Subscription", "status": "requested", "reason": "vitals to the ward screen",
+        "criteria": "Observation?code=8867-4", "channel": {"type": "websocket"}})
+    assert answer.status_code == 201, answer.text
+    sub_id = answer.json()["id"]
+    url = server.base.replace("http://", "ws://") + "/websocket"
+    wang = patient_token(server, "patient/*.cruds", server.patients["Wang"])
+
+    async def bind(target: str, headers: dict[str, str] | None = None) -> str:
+        async with websockets.connect(target, additional_headers=headers or {}) as socket:
+            await socket.send(f"bind {sub_id}")
+            return await asyncio.wait_for(socket.recv(), 10)
+
+    async def refused(target: str, headers: dict[str, str] | None = None) -> int:
+        with pytest.raises(InvalidStatus) as raised:
+            await bind(target, headers)
+        return raised.value.response.status_code
+
+    assert asyncio.run(refused(url)) == 403  # no token
+    assert asyncio.run(refused(url, {"Authorization": "Bearer not-a-token"})) == 403
+    assert asyncio.run(refused(f"{url}?access_token=not-a-token")) == 403
+    assert asyncio.run(bind(url, {"Authorization": f"Bearer {system}"})) == f"bound {sub_id}"
+    assert asyncio.run(bind(f"{url}?access_token={system}")) == f"bound {sub_id}"  # as a browser sends it
+    # a patient's app may read the Subscription, but not follow one that watches every patient
+    answer = asyncio.run(bind(url, {"Authorization": f"Bearer {wang}"}))
+    assert answer.startswith(f"error {sub_id} may not be followed with this token: Read of Observation"), answer
+    reader = server.system_token("system/Patient.read")  # may not read the Subscription at all
+    answer = asyncio.run(bind(url, {"Authorization": f"Bearer {reader}"}))
+    assert answer == f"error {sub_id} is not a known Subscription"

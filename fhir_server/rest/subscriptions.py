@@ -1,10 +1,20 @@
 """The R4 websocket channel of Subscriptions: GET /websocket upgrades, then `bind <id>` (see
-subscriptions/websocket.py). Its URL is advertised in the CapabilityStatement."""
+subscriptions/websocket.py). Its URL is advertised in the CapabilityStatement.
+
+With authorization on, the upgrade request carries an access token (`Authorization: Bearer`, or
+`?access_token=` for browsers, which cannot set headers on a websocket), and a client may bind only the
+Subscriptions its token may read. Without a valid token the upgrade is refused (403)."""
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter
 from starlette.websockets import WebSocket
+
+from ..auth.grant import acting_as
+from ..auth.tokens import TokenRejected
+from ..model.outcome import FhirError
+from ..subscriptions import rules as subscription_rules
 
 router = APIRouter()
 
@@ -20,5 +30,32 @@ def websocket_url(base: str) -> str:
 
 @router.websocket(PATH)
 async def websocket_channel(socket: WebSocket) -> None:
-    dispatcher = socket.app.state.subscriptions
-    await dispatcher.sockets.serve(socket, dispatcher.check_bind, dispatcher.wake)
+    state = socket.app.state
+    dispatcher = state.subscriptions
+    check = dispatcher.check_bind
+    if state.settings.auth_enabled:
+        header = socket.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else socket.query_params.get("access_token", "")
+        try:
+            if not token:
+                raise TokenRejected("No access token")
+            base = state.settings.base_url or str(socket.base_url.replace(
+                scheme={"ws": "http", "wss": "https"}.get(socket.url.scheme, socket.url.scheme)))
+            grant = await state.auth.tokens.verify(token, state.auth.audience(base.rstrip("/")))
+        except TokenRejected:
+            await socket.close(code=1008)  # before accept(): the upgrade is answered 403
+            return
+
+        async def check(subscription_id: str) -> str | None:
+            with acting_as(grant):  # the token's scopes decide which subscriptions it may follow
+                try:
+                    version = await state.service.read("Subscription", subscription_id)
+                except FhirError:
+                    return "is not a known Subscription"  # not readable with this token: say no more
+                try:
+                    subscription_rules.check_follower(orjson.loads(version.content), state.service.registry)
+                except FhirError as refused:
+                    return f"may not be followed with this token: {refused}"
+            return await dispatcher.check_bind(subscription_id)
+    await dispatcher.sockets.serve(socket, check, dispatcher.wake)

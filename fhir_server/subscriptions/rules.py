@@ -67,15 +67,19 @@ def end_passed(resource: dict[str, Any], now: datetime | None = None) -> bool:
     return span is not None and span[1] < to_ms(now or datetime.now(UTC))
 
 
-def check(resource: dict[str, Any], registry: Registry) -> None:
-    """The parts a server must understand to honour the subscription (the model has checked the rest)."""
+def check_follower(resource: dict[str, Any], registry: Registry) -> None:
+    """Notifications go out past any later check: only a token that may read and search every resource
+    of the criteria's type (not a patient-context one) may subscribe, or bind a websocket to follow."""
     query = criteria_query(registry, resource.get("criteria") or "")
     access = current_access()
     if access is not None:
-        # Notifications carry whole resources to an endpoint, past any later check: only a token that may
-        # read and search every resource of the type may subscribe to it (not a patient-context one).
         for action in ("r", "s"):
             access.unrestricted(query.resource_types[0], action)
+
+
+def check(resource: dict[str, Any], registry: Registry) -> None:
+    """The parts a server must understand to honour the subscription (the model has checked the rest)."""
+    check_follower(resource, registry)
     channel = resource.get("channel") or {}
     kind = channel.get("type")
     if kind not in CHANNELS:
