@@ -25,6 +25,7 @@ from .rest.bulk import router as bulk_router
 from .rest.errors import install_error_handlers
 from .rest.hot_routes import install_hot_routes
 from .rest.middleware import PathCorsMiddleware, RateLimitMiddleware, RequestContextMiddleware
+from .rest.openapi import install_openapi
 from .rest.operations import router as operations_router
 from .rest.routes import router
 from .rest.smart import router as smart_router
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(smart_router)
     app.include_router(router)
     install_hot_routes(app, router.routes)
+    install_openapi(app)
     if settings.rate_limit_per_s > 0:
         app.add_middleware(RateLimitMiddleware, per_second=settings.rate_limit_per_s,
                            burst=settings.rate_limit_burst or max(1, int(settings.rate_limit_per_s * 2)))
