@@ -4,6 +4,8 @@ security headers."""
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import pytest
 from conftest import start_server, stop_server
@@ -43,6 +45,24 @@ def test_chains_deeper_than_four_levels_are_refused(client):
     answer = client.get("/Observation", params={deep: "x"}, headers={"Prefer": "handling=strict"})
     assert answer.status_code == 400
     assert "limited to 4 levels" in answer.json()["issue"][0]["diagnostics"]
+
+
+def test_include_iterate_stops_five_levels_deep_and_says_so(client):
+    run = uuid.uuid4().hex[:8]
+    ids = [f"chain-{run}-{level}" for level in range(9)]  # ids[0] is part of ids[1], ... eight levels up
+    for level, org_id in enumerate(ids):
+        body = {"resourceType": "Organization", "id": org_id, "name": f"level {level}"}
+        if level + 1 < len(ids):
+            body["partOf"] = {"reference": f"Organization/{ids[level + 1]}"}
+        assert client.put(f"/Organization/{org_id}", json=body).status_code == 201
+    bundle = client.get("/Organization", params={"_id": ids[0], "_include:iterate": "Organization:partof"}).json()
+    included = [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
+    assert included == ids[1:6]  # five levels followed
+    outcome = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+    assert outcome and "followed 5 levels deep" in outcome[0]["issue"][0]["diagnostics"]
+    shallow = client.get("/Organization", params={"_id": ids[4], "_include:iterate": "Organization:partof"}).json()
+    assert [e["resource"]["id"] for e in shallow["entry"]] == ids[4:]  # the whole chain: nothing to warn about
+    assert not any(e["search"]["mode"] == "outcome" for e in shallow["entry"])
 
 
 @pytest.mark.parametrize("path", ["/metadata", "/Patient/does-not-exist", "/Patient?_count=x"])

@@ -13,7 +13,7 @@ from sqlalchemy import Text, and_, cast, distinct, false, func, literal, literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..model.outcome import BadRequest
+from ..model.outcome import BadRequest, Issue
 from ..search.dates import MAX_MS, MIN_MS, from_ms
 from ..search.query import (
     TERMINOLOGY_MODIFIERS,
@@ -460,9 +460,14 @@ async def _includes(conn: AsyncConnection, query: SearchQuery, rows) -> list[Res
     seen = {(row.resource_type, row.id) for row in rows}
     frontier = [(row.pk, row.resource_type, row.id) for row in rows]
     included: list[ResourceVersion] = []
-    for iteration in range(MAX_INCLUDE_ITERATIONS):
+    for iteration in range(MAX_INCLUDE_ITERATIONS + 1):
         specs = [i for i in query.includes if iteration == 0 or i.iterate]
         if not specs or not frontier:
+            break
+        if iteration == MAX_INCLUDE_ITERATIONS:  # more to follow: say so rather than cut the graph silently
+            query.warnings.append(Issue("too-costly", f"_include:iterate was followed {MAX_INCLUDE_ITERATIONS} "
+                                        "levels deep; resources further along were not included", "warning",
+                                        ["_include:iterate"]))
             break
         found = []
         for spec in specs:
@@ -489,8 +494,13 @@ async def _includes(conn: AsyncConnection, query: SearchQuery, rows) -> list[Res
             found.extend((await conn.execute(stmt)).all())
         frontier = []
         for row in found:
-            if (row.resource_type, row.id) not in seen and len(included) < MAX_INCLUDED:
-                seen.add((row.resource_type, row.id))
-                included.append(_version(row))
-                frontier.append((row.pk, row.resource_type, row.id))
+            if (row.resource_type, row.id) in seen:
+                continue
+            if len(included) == MAX_INCLUDED:
+                query.warnings.append(Issue("too-costly", f"More than {MAX_INCLUDED} resources to include; the "
+                                            f"first {MAX_INCLUDED} were", "warning", ["_include"]))
+                return included
+            seen.add((row.resource_type, row.id))
+            included.append(_version(row))
+            frontier.append((row.pk, row.resource_type, row.id))
     return included
