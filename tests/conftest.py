@@ -117,7 +117,9 @@ def _fresh_database_env(request, backend: str | None = None) -> dict[str, str]:
 @pytest.fixture(scope="module", params=BACKENDS)
 def fresh_server(request) -> Iterator[RunningServer]:
     """A server with an empty store of its own, for a test module that needs exact result sets."""
-    running = start_server(_fresh_database_env(request))
+    database = _fresh_database_env(request)
+    running = start_server(database)
+    running.database_url = database["FHIR_DATABASE_URL"]
     yield running
     stop_server(running)
 
