@@ -340,6 +340,8 @@ def describe(name: str, phase: dict[str, Any]) -> str:
             f"  p50 {phase['p50_ms']:6.1f} ms  p99 {phase['p99_ms']:7.1f} ms  errors {sum(phase['errors'].values())}"
             f"  cpu server {cpu.get('server', 0):.2f} client {cpu.get('client', 0):.2f} db {cpu.get('db', 0):.2f}"
             f" other {cpu.get('other', 0):.2f}")
+    if "new_db_sessions" in phase:
+        text += f"  new db sessions {phase['new_db_sessions']}"
     if cpu.get("outside") or cpu.get("other", 0) >= 0.3:
         text += f"\n          NOT QUIET? {cpu.get('other', 0):.2f} cores elsewhere: {', '.join(cpu.get('outside', []))}"
     for error, count in phase["errors"].items():
@@ -351,6 +353,17 @@ def describe(name: str, phase: dict[str, Any]) -> str:
 
 def median_of(rounds: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in rounds)
+
+
+async def database_sessions(url: str) -> int:
+    """Sessions PostgreSQL has started in the database so far (this one included)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+    finally:
+        await conn.close()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -389,7 +402,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             base = run_phase(*common, args.baseline_seconds, f"{args.seed}-h{n}", read_ids, patients, True, pid,
                              db_pid)
             out(describe("health", base))
+            sessions = asyncio.run(database_sessions(cluster.url)) if args.backend == "postgresql" else None
             mixed = run_phase(*common, args.duration, f"{args.seed}-m{n}", read_ids, patients, False, pid, db_pid)
+            if sessions is not None:  # connections the server's pools opened: each costs PostgreSQL a process
+                mixed["new_db_sessions"] = asyncio.run(database_sessions(cluster.url)) - sessions - 1
             out(describe("mixed", mixed))
             for kind, k in mixed["kinds"].items():
                 out(f"    {kind:<13} {k['count']:>7} {k['rate']:7.0f}/s  p50 {k['p50_ms']:6.1f} ms"

@@ -30,6 +30,7 @@ from pynetdicom.sop_class import Verification
 from ..service import ResourceService
 from ..settings import Settings
 from ..store import open_store
+from .connection import on_connection_open
 from .ingest import DicomIngest, StudyFlusher
 from .instance import OUT_OF_RESOURCES, Rejected
 from .query_retrieve import QUERY_RETRIEVE_SOP_CLASSES, QueryRetrieve
@@ -118,7 +119,8 @@ class DicomBridge:
 
     def handlers(self) -> list[tuple[Any, Any]]:
         qr = self.query_retrieve
-        return [(evt.EVT_C_ECHO, self.on_echo), (evt.EVT_C_STORE, self.on_store),
+        return [(evt.EVT_CONN_OPEN, on_connection_open),
+                (evt.EVT_C_ECHO, self.on_echo), (evt.EVT_C_STORE, self.on_store),
                 (evt.EVT_C_FIND, qr.on_find), (evt.EVT_C_MOVE, qr.on_move), (evt.EVT_C_GET, qr.on_get),
                 (evt.EVT_RELEASED, self.on_association_end), (evt.EVT_ABORTED, self.on_association_end)]
 
