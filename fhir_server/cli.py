@@ -47,7 +47,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, workers: in
     if settings.terminology_load:
         _check_terminology(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_migrate(settings))  # once, before workers start
+    asyncio.run(_on_store(settings, "migrate"))  # once, before workers start
     base = settings.public_base_url
     click.echo(f"FHIR server ({settings.backend}) at {base}  (metadata: {base}/metadata)", err=True)
     scp = None
@@ -116,12 +116,13 @@ def _check_terminology(settings: Settings) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-async def _migrate(settings: Settings) -> None:
+async def _on_store(settings: Settings, method: str) -> None:
+    """Open the store, call one of its maintenance methods (migrate, refresh_statistics), close it."""
     from .store import open_store
 
     store = open_store(settings)
     try:
-        await store.migrate()
+        await getattr(store, method)()
     finally:
         await store.close()
 
@@ -145,10 +146,12 @@ def load(files: tuple[Path, ...], workers: int, rejects: Path, journal: Path | N
         os.environ["FHIR_DATA_DIR"] = str(data_dir.resolve())
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_migrate(settings))
+    asyncio.run(_on_store(settings, "migrate"))
     started = time.perf_counter()
     totals = run_load(list(files), workers=max(workers, 1), rejects_path=rejects,
                       journal_path=journal or settings.data_dir / "load-journal.txt", progress=not quiet)
+    if totals["loaded"]:
+        asyncio.run(_on_store(settings, "refresh_statistics"))
     elapsed = time.perf_counter() - started
     rate = totals["loaded"] / elapsed if elapsed > 0 else 0.0
     click.echo(f"loaded {totals['loaded']} resources, rejected {totals['rejected']} (see {rejects}), "
@@ -297,7 +300,7 @@ async def _file_pages(compiled, inputs: list[Path], bar):
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database schema, then exit."""
-    asyncio.run(_migrate(Settings()))
+    asyncio.run(_on_store(Settings(), "migrate"))
     click.echo("schema up to date")
 
 

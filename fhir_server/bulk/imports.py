@@ -167,6 +167,8 @@ async def run_import(ctx: JobContext) -> dict[str, Any]:
         for source, progress in zip(inputs, done, strict=True):
             if not progress["finished"]:
                 await importer.input(source, progress)
+    if any(p["count"] for p in done):
+        await ctx.store.refresh_statistics()
     base = f"{ctx.params['base']}/bulkfiles/{ctx.job.id}"
     failed = sum(p["errors"] for p in done)
     return {

@@ -274,6 +274,13 @@ class PostgresResourceStore(SqlResourceStore):
                             "a read right after a write may miss it")
         return applied
 
+    async def refresh_statistics(self) -> None:
+        """Until autovacuum gets to them (a minute or more), tables filled by a bulk load keep the statistics
+        of when they were empty: every estimate is one row, and searches get nested-loop plans (a patient's
+        blood pressures by code and date among 5,000 Observations: 26 ms before, 7 ms after). ANALYZE now."""
+        async with self.write_engine.begin() as conn, self.without_timeout(conn):
+            await conn.execute(text("ANALYZE"))
+
     @asynccontextmanager
     async def without_timeout(self, conn: AsyncConnection):
         await conn.execute(text("SET LOCAL statement_timeout = 0"))

@@ -228,6 +228,9 @@ class SqlResourceStore(ResourceStore):
         async with self.read_engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def refresh_statistics(self) -> None:
+        """After a bulk load: the planner's statistics of the tables just filled (see postgres.py)."""
+
     async def migrate(self) -> list[int]:
         async with self.write_engine.begin() as conn:
             await self._lock_for_migration(conn)
