@@ -12,8 +12,6 @@ from starlette.responses import JSONResponse
 
 from . import __version__
 from .auth.audit import AuditMiddleware, AuditTrail
-from .auth.middleware import BearerAuthMiddleware
-from .auth.server import AuthServer
 from .bulk.export import run_export
 from .bulk.imports import run_import
 from .bulk.jobs import BulkRunner
@@ -28,7 +26,6 @@ from .rest.middleware import PathCorsMiddleware, RateLimitMiddleware, RequestCon
 from .rest.openapi import install_openapi
 from .rest.operations import router as operations_router
 from .rest.routes import router
-from .rest.smart import router as smart_router
 from .rest.subscriptions import router as subscriptions_router
 from .rest.terminology import router as terminology_router
 from .rest.views import router as views_router
@@ -64,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service.on_write = app.state.subscriptions.written
         await app.state.subscriptions.start()
         if settings.auth_enabled:
+            from .auth.server import AuthServer
+
             app.state.auth = AuthServer(store, settings, app.state.service)
             await app.state.auth.start()
         log.info("ready", extra={"backend": store.backend})
@@ -106,7 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dicomweb_router)  # before the FHIR routes, whose /{resource_type}/... would take it
     app.include_router(workflows_router)  # Patient $match/$merge/$everything, $referral-stats
     app.include_router(subscriptions_router)
-    if settings.auth_enabled:
+    if settings.auth_enabled:  # authlib and the JOSE stack are imported only when they serve (half a second)
+        from .rest.smart import router as smart_router
+
         app.include_router(smart_router)
     app.include_router(router)
     install_hot_routes(app, router.routes)
@@ -115,6 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(RateLimitMiddleware, per_second=settings.rate_limit_per_s,
                            burst=settings.rate_limit_burst or max(1, int(settings.rate_limit_per_s * 2)))
     if settings.auth_enabled:  # inside the request context (request ids, access log), outside every route
+        from .auth.middleware import BearerAuthMiddleware
+
         app.add_middleware(BearerAuthMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        path_limits={DICOMWEB: settings.dicomweb_max_body_bytes})

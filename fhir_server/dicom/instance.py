@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
+from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+# pydicom checks every value it decodes against its VR and, by default, only warns: a fifth of an instance's
+# parse (6.2 instead of 7.7 ms for a CT) for warnings nobody reads. Values decode the same either way.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 # C-STORE failure statuses (PS3.4 Annex B.2.3 / PS3.7 Annex C).
 OUT_OF_RESOURCES = 0xA700

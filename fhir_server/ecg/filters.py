@@ -5,17 +5,23 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from scipy.signal import butter, sosfiltfilt
+
+# scipy.signal is imported where it is used: it takes most of a second, which every server worker, DICOM SCP
+# and CLI start would otherwise pay before its first ECG, if any.
 
 
 @cache
 def _band_sos(fs: float, low: float, high: float, order: int) -> np.ndarray:
+    from scipy.signal import butter
+
     high = min(high, 0.45 * fs)  # stay below Nyquist for low sampling rates
     return butter(order, [low, high], btype="bandpass", fs=fs, output="sos")
 
 
 def bandpass(signal: np.ndarray, fs: float, low: float, high: float, order: int = 2) -> np.ndarray:
     """Band-pass along time (axis 0); zero phase, so QRS complexes stay where they were."""
+    from scipy.signal import sosfiltfilt
+
     return sosfiltfilt(_band_sos(fs, low, high, order), signal, axis=0)
 
 

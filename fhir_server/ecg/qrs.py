@@ -11,8 +11,6 @@ beat is then placed on the largest band-passed deflection within 80 ms (the R pe
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
-from scipy.signal import find_peaks
 
 from . import thresholds as th
 from .filters import qrs_band
@@ -31,6 +29,9 @@ def sample_windows(centres: np.ndarray, half: int, length: int) -> np.ndarray:
 
 def detect_qrs(signal: np.ndarray, fs: float) -> np.ndarray:
     """Sample indices of the QRS complexes in `signal` (samples × leads, millivolts, no NaN)."""
+    from scipy.ndimage import uniform_filter1d  # imported on first use (see filters.py)
+    from scipy.signal import find_peaks
+
     if signal.ndim == 1:
         signal = signal[:, None]
     n = signal.shape[0]

@@ -12,7 +12,6 @@ from fastapi import APIRouter
 from starlette.websockets import WebSocket
 
 from ..auth.grant import acting_as
-from ..auth.tokens import TokenRejected
 from ..model.outcome import FhirError
 from ..subscriptions import rules as subscription_rules
 
@@ -34,6 +33,8 @@ async def websocket_channel(socket: WebSocket) -> None:
     dispatcher = state.subscriptions
     check = dispatcher.check_bind
     if state.settings.auth_enabled:
+        from ..auth.tokens import TokenRejected  # the JOSE stack only where tokens are checked (see app.py)
+
         header = socket.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else socket.query_params.get("access_token", "")
