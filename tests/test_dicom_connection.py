@@ -7,7 +7,10 @@ import os
 import socket
 import threading
 
-from fhir_server.dicom.connection import receive
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from fhir_server.dicom.connection import on_connection_open, receive
 
 
 def _send_in_pieces(sock: socket.socket, data: bytes, sizes: list[int], close: bool) -> threading.Thread:
@@ -54,3 +57,36 @@ def test_reads_over_loopback_tcp_with_quick_acks():
     sender.join()
     for sock in (accepted, client, server):
         sock.close()
+
+
+def test_memory_follows_what_arrives_not_what_a_header_announces():
+    left, right = socket.socketpair()
+    right.sendall(b"abc")
+    right.close()
+    assert receive(left, 1 << 40) == bytearray(b"abc")  # a PDU header may announce a terabyte
+    left.close()
+
+
+def test_an_association_reads_through_it_once_bound_at_connection_open():
+    readers = []
+
+    def on_echo(event) -> int:
+        readers.append(event.assoc.dul.socket.recv)
+        return 0x0000
+
+    acceptor = AE()
+    acceptor.add_supported_context(Verification)
+    server = acceptor.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_CONN_OPEN, on_connection_open), (evt.EVT_C_ECHO, on_echo)])
+    try:
+        requestor = AE()
+        requestor.add_requested_context(Verification)
+        assoc = requestor.associate("127.0.0.1", server.server_address[1])
+        assert assoc.is_established
+        answer = assoc.send_c_echo()
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert answer.Status == 0x0000
+    assert readers and readers[0].func is receive
+
