@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
 import orjson
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+# Browsers put a websocket's access token in its URL (?access_token=), which uvicorn logs: never write it out.
+_SECRETS = re.compile(r"((?:access_token|refresh_token)=)[^&\s\"']+")
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
@@ -20,7 +24,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _SECRETS.sub(r"\1***", record.getMessage()),
         }
         rid = request_id.get()
         if rid:

@@ -228,9 +228,40 @@ def test_a_websocket_binds_only_with_a_token_that_may_read_the_subscription(worl
     assert asyncio.run(refused(f"{url}?access_token=not-a-token")) == 403
     assert asyncio.run(bind(url, {"Authorization": f"Bearer {system}"})) == f"bound {sub_id}"
     assert asyncio.run(bind(f"{url}?access_token={system}")) == f"bound {sub_id}"  # as a browser sends it
+    log = server.server.log_path.read_text()
+    assert "access_token=***" in log and system not in log  # the server logs the URL, never the token in it
     # a patient's app may read the Subscription, but not follow one that watches every patient
     answer = asyncio.run(bind(url, {"Authorization": f"Bearer {wang}"}))
     assert answer.startswith(f"error {sub_id} may not be followed with this token: Read of Observation"), answer
     reader = server.system_token("system/Patient.read")  # may not read the Subscription at all
     answer = asyncio.run(bind(url, {"Authorization": f"Bearer {reader}"}))
     assert answer == f"error {sub_id} is not a known Subscription"
+
+
+def test_a_bound_websocket_loses_its_subscriptions_with_its_token(world):
+    server, _ = world
+    system = server.system_token()
+    answer = httpx.post(server.base + "/Subscription", headers={"Authorization": f"Bearer {system}"}, json={
+        "resourceType": "Subscription", "status": "requested", "reason": "pulse rates to the ward screen",
+        "criteria": "Observation?code=8867-4", "channel": {"type": "websocket"}})
+    assert answer.status_code == 201, answer.text
+    sub_id = answer.json()["id"]
+    app, _ = server.add_client("public", "user/*.cruds")
+    token, _ = code_flow(server, oauth_client(server, app.client_id, "user/*.cruds"))
+
+    async def bind_revoke_bind() -> tuple[str, str]:
+        url = server.base.replace("http://", "ws://") + "/websocket"
+        headers = {"Authorization": f"Bearer {token['access_token']}"}
+        async with websockets.connect(url, additional_headers=headers) as socket:
+            await socket.send(f"bind {sub_id}")
+            first = await asyncio.wait_for(socket.recv(), 10)
+            revoked = await asyncio.to_thread(httpx.post, server.base + "/auth/revoke",
+                                              data={"token": token["access_token"], "client_id": app.client_id})
+            assert revoked.status_code == 200, revoked.text
+            await socket.send(f"bind {sub_id}")
+            return first, await asyncio.wait_for(socket.recv(), 10)
+
+    first, second = asyncio.run(bind_revoke_bind())
+    assert first == f"bound {sub_id}"
+    assert second == f"error {sub_id} may not be followed: the access token is no longer valid"
+

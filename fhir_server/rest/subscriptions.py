@@ -43,12 +43,17 @@ async def websocket_channel(socket: WebSocket) -> None:
                 raise TokenRejected("No access token")
             base = state.settings.base_url or str(socket.base_url.replace(
                 scheme={"ws": "http", "wss": "https"}.get(socket.url.scheme, socket.url.scheme)))
-            grant = await state.auth.tokens.verify(token, state.auth.audience(base.rstrip("/")))
+            audience = state.auth.audience(base.rstrip("/"))
+            await state.auth.tokens.verify(token, audience)
         except TokenRejected:
             await socket.close(code=1008)  # before accept(): the upgrade is answered 403
             return
 
         async def check(subscription_id: str) -> str | None:
+            try:  # again at each bind: the token may have expired or been revoked since the upgrade
+                grant = await state.auth.tokens.verify(token, audience)
+            except TokenRejected:
+                return "may not be followed: the access token is no longer valid"
             with acting_as(grant):  # the token's scopes decide which subscriptions it may follow
                 try:
                     version = await state.service.read("Subscription", subscription_id)
