@@ -101,7 +101,7 @@ def _body(method: str, path: str) -> dict[str, Any] | None:
     if path == "/":
         return {"required": True, "content": _fhir("Bundle")}
     if "$" in path:  # operations take Parameters, or the resource they work on
-        return {"content": {FHIR_JSON: {"schema": {"oneOf": [_ref("Parameters"), _ref("Resource")]}}}}
+        return {"content": {FHIR_JSON: {"schema": {"anyOf": [_ref("Parameters"), _ref("Resource")]}}}}
     return {"required": True, "content": _fhir("Resource")}
 
 

@@ -466,7 +466,7 @@ async def _includes(conn: AsyncConnection, query: SearchQuery, rows) -> list[Res
             break
         if iteration == MAX_INCLUDE_ITERATIONS:  # more to follow: say so rather than cut the graph silently
             query.warnings.append(Issue("too-costly", f"_include:iterate was followed {MAX_INCLUDE_ITERATIONS} "
-                                        "levels deep; resources further along were not included", "warning",
+                                        "levels deep; resources further along, if any, were not included", "warning",
                                         ["_include:iterate"]))
             break
         found = []
