@@ -202,14 +202,19 @@ def test_accesses_and_refusals_are_audit_events(world):
     assert granted.get("total", len(granted.get("entry", []))) >= 1
 
 
-def test_a_websocket_binds_only_with_a_token_that_may_read_the_subscription(world):
-    server, _ = world
-    system = server.system_token()
+def websocket_subscription(server: AuthServer, system: str) -> str:
+    """A websocket Subscription to pulse rates, made with a backend token; its id."""
     answer = httpx.post(server.base + "/Subscription", headers={"Authorization": f"Bearer {system}"}, json={
         "resourceType": "Subscription", "status": "requested", "reason": "vitals to the ward screen",
         "criteria": "Observation?code=8867-4", "channel": {"type": "websocket"}})
     assert answer.status_code == 201, answer.text
-    sub_id = answer.json()["id"]
+    return answer.json()["id"]
+
+
+def test_a_websocket_binds_only_with_a_token_that_may_read_the_subscription(world):
+    server, _ = world
+    system = server.system_token()
+    sub_id = websocket_subscription(server, system)
     url = server.base.replace("http://", "ws://") + "/websocket"
     wang = patient_token(server, "patient/*.cruds", server.patients["Wang"])
 
@@ -240,12 +245,7 @@ def test_a_websocket_binds_only_with_a_token_that_may_read_the_subscription(worl
 
 def test_a_bound_websocket_loses_its_subscriptions_with_its_token(world):
     server, _ = world
-    system = server.system_token()
-    answer = httpx.post(server.base + "/Subscription", headers={"Authorization": f"Bearer {system}"}, json={
-        "resourceType": "Subscription", "status": "requested", "reason": "pulse rates to the ward screen",
-        "criteria": "Observation?code=8867-4", "channel": {"type": "websocket"}})
-    assert answer.status_code == 201, answer.text
-    sub_id = answer.json()["id"]
+    sub_id = websocket_subscription(server, server.system_token())
     app, _ = server.add_client("public", "user/*.cruds")
     token, _ = code_flow(server, oauth_client(server, app.client_id, "user/*.cruds"))
 
