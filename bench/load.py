@@ -313,7 +313,10 @@ def check_acknowledged(port: int, acks: list[tuple[str, str, int, str]]) -> dict
     current = list(newest)
     answers = exchange_all(port, vreads + [http_request("GET", f"/{t}/{i}", port) for t, i in current])
     lost: list[str] = []
+    unread = sum(1 for status, _, _ in answers if status == 0)  # the check's own connection failed: not a verdict
     for (t, i, v, marker), (status, _, body) in zip(acks, answers[:len(acks)], strict=True):
+        if status == 0:
+            continue
         if status != 200:
             lost.append(f"{t}/{i}/_history/{v}: {status}")
             continue
@@ -321,10 +324,13 @@ def check_acknowledged(port: int, acks: list[tuple[str, str, int, str]]) -> dict
         if found != [marker]:
             lost.append(f"{t}/{i}/_history/{v}: marker {found} instead of {marker}")
     for (t, i), (status, _, body) in zip(current, answers[len(acks):], strict=True):
+        if status == 0:
+            continue
         version = int(orjson.loads(body)["meta"]["versionId"]) if status == 200 else 0
         if version < newest[(t, i)]:
             lost.append(f"{t}/{i}: current version {version or status}, acknowledged {newest[(t, i)]}")
-    return {"acknowledged_writes": len(acks), "resources": len(current), "lost": len(lost), "lost_samples": lost[:10]}
+    return {"acknowledged_writes": len(acks), "resources": len(current), "lost": len(lost), "lost_samples": lost[:10],
+            "unread": unread}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +448,8 @@ def print_summary(settings: dict[str, Any], result: dict[str, Any], stream) -> N
     p(f"errors: {result['errors']}")
     p(f"lost writes: {check['lost']} of {check['acknowledged_writes']} acknowledged"
       f" ({check['resources']} resources checked)")
+    if check["unread"]:
+        p(f"not checked: {check['unread']} read-backs could not connect")
     for sample in check["lost_samples"]:
         p(f"  {sample}")
     problems = sum(log["warnings_errors"].values())
@@ -478,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         json.dump({"settings": settings, "result": result}, sys.stdout, indent=2, default=str)
         print()
-    return 0 if result["errors"] == 0 and result["check"]["lost"] == 0 else 1
+    check = result["check"]
+    return 0 if result["errors"] == 0 and check["lost"] == 0 and check["unread"] == 0 else 1
 
 
 if __name__ == "__main__":
