@@ -11,7 +11,7 @@ import orjson
 from joserfc.jwk import KeySet
 from sqlalchemy import delete, select
 
-from .secrets import hash_secret, new_token
+from .secrets import hash_secret, new_client_id, new_token
 from .tables import auth_clients
 
 PUBLIC = "public"
@@ -90,7 +90,7 @@ async def add_client(store, name: str, redirect_uris: list[str], scopes: list[st
     if kind == ASYMMETRIC and not (jwks or jwks_uri):
         raise ValueError("a private_key_jwt client needs a key set (--jwks-file) or its URL (--jwks-uri)")
     secret = new_token(32) if kind == SYMMETRIC else None
-    values = dict(client_id=new_token(16), name=name, kind=kind, secret_hash=hash_secret(secret) if secret else None,
+    values = dict(client_id=new_client_id(), name=name, kind=kind, secret_hash=hash_secret(secret) if secret else None,
                   redirect_uris=orjson.dumps(redirect_uris).decode(), scope=" ".join(scopes),
                   jwks=orjson.dumps(jwks).decode() if jwks else None, jwks_uri=jwks_uri,
                   created_at=datetime.now(UTC))

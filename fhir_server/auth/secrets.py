@@ -16,6 +16,12 @@ def new_token(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
+def new_client_id() -> str:
+    """A client id, which administrators pass to `fhir-server client remove`: hex, so it never starts with '-'
+    (a URL-safe token does one time in 64, and the command line then takes it for an option)."""
+    return secrets.token_hex(16)
+
+
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
