@@ -65,6 +65,21 @@ def test_include_iterate_stops_five_levels_deep_and_says_so(client):
     assert not any(e["search"]["mode"] == "outcome" for e in shallow["entry"])
 
 
+def test_more_than_a_thousand_to_include_are_cut_with_a_warning(client):
+    patient = f"busy-{uuid.uuid4().hex[:8]}"
+    assert client.put(f"/Patient/{patient}", json={"resourceType": "Patient", "id": patient}).status_code == 201
+    pulse = {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+             "subject": {"reference": f"Patient/{patient}"}}
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"resource": pulse, "request": {"method": "POST", "url": "Observation"}}] * 1001}
+    assert client.post("/", json=bundle).status_code == 200
+    found = client.get("/Patient", params={"_id": patient, "_revinclude": "Observation:subject"}).json()
+    modes = [e["search"]["mode"] for e in found["entry"]]
+    assert modes.count("include") == 1000
+    outcome = next(e["resource"] for e in found["entry"] if e["search"]["mode"] == "outcome")
+    assert "More than 1000 resources to include" in outcome["issue"][0]["diagnostics"]
+
+
 @pytest.mark.parametrize("path", ["/metadata", "/Patient/does-not-exist", "/Patient?_count=x"])
 def test_security_headers_on_every_answer(client, path):
     answer = client.get(path, headers={"Prefer": "handling=strict"})

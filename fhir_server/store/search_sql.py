@@ -490,7 +490,7 @@ async def _includes(conn: AsyncConnection, query: SearchQuery, rows) -> list[Res
             stmt = (select(target.c.pk, target.c.resource_type, target.c.id, target.c.version_id,
                            target.c.last_updated, target.c.content)
                     .select_from(ref.join(target, join_on)).where(*cond, target.c.deleted == false())
-                    .distinct().limit(MAX_INCLUDED))
+                    .distinct().limit(MAX_INCLUDED + 1))  # one more: whether the cap cut anything
             found.extend((await conn.execute(stmt)).all())
         frontier = []
         for row in found:
