@@ -6,7 +6,7 @@ OperationOutcome."""
 from __future__ import annotations
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from ..model.outcome import Issue, operation_outcome
 from ..rest.middleware import under
@@ -28,7 +28,18 @@ def is_public(path: str) -> bool:
 
 
 def request_base(scope, configured: str) -> str:
-    return (configured or str(Request(scope).base_url)).rstrip("/")
+    """The base URL requests here are made against: the configured one, else the request's own (for a
+    websocket, its http(s) twin: tokens name the FHIR base as their audience)."""
+    if configured:
+        return configured.rstrip("/")
+    url = HTTPConnection(scope).base_url
+    return str(url.replace(scheme={"ws": "http", "wss": "https"}.get(url.scheme, url.scheme))).rstrip("/")
+
+
+def bearer_token(header: str) -> str:
+    """The token of an `Authorization: Bearer <token>` value, or ''."""
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 class BearerAuthMiddleware:
@@ -41,12 +52,12 @@ class BearerAuthMiddleware:
         state = scope["app"].state
         base = request_base(scope, state.settings.base_url)
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(header)
+        if not token:
             return await _unauthorized(send, base, "No access token: send Authorization: Bearer <token>",
                                        error=None, code="login")
         try:
-            grant = await state.auth.tokens.verify(token.strip(), state.auth.audience(base))
+            grant = await state.auth.tokens.verify(token, state.auth.audience(base))
         except TokenRejected as rejected:
             return await _unauthorized(send, base, str(rejected), error="invalid_token",
                                        code="expired" if rejected.expired else "login")

@@ -33,17 +33,15 @@ async def websocket_channel(socket: WebSocket) -> None:
     dispatcher = state.subscriptions
     check = dispatcher.check_bind
     if state.settings.auth_enabled:
-        from ..auth.tokens import TokenRejected  # the JOSE stack only where tokens are checked (see app.py)
+        # the JOSE stack only where tokens are checked (see app.py)
+        from ..auth.middleware import bearer_token, request_base
+        from ..auth.tokens import TokenRejected
 
-        header = socket.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else socket.query_params.get("access_token", "")
+        token = bearer_token(socket.headers.get("authorization", "")) or socket.query_params.get("access_token", "")
+        audience = state.auth.audience(request_base(socket.scope, state.settings.base_url))
         try:
             if not token:
                 raise TokenRejected("No access token")
-            base = state.settings.base_url or str(socket.base_url.replace(
-                scheme={"ws": "http", "wss": "https"}.get(socket.url.scheme, socket.url.scheme)))
-            audience = state.auth.audience(base.rstrip("/"))
             await state.auth.tokens.verify(token, audience)
         except TokenRejected:
             await socket.close(code=1008)  # before accept(): the upgrade is answered 403
