@@ -91,7 +91,7 @@ def _query(params: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     return [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in params]
 
 
-def _body(method: str, path: str) -> dict[str, Any] | None:
+def _body(method: str, path: str) -> dict[str, Any]:
     if method == "patch":
         return {"required": True, "content": {JSON_PATCH: {"schema": _ref("JsonPatch")},
                                               FHIR_JSON: {"schema": _ref("Parameters")}}}
@@ -141,9 +141,7 @@ def describe(app: FastAPI) -> dict[str, Any]:
             elif method == "get" and path.endswith("_history"):
                 operation.setdefault("parameters", []).extend(_query(_HISTORY))
             if method in ("post", "put", "patch") and "requestBody" not in operation:
-                body = _body(method, path)
-                if body is not None:
-                    operation["requestBody"] = body
+                operation["requestBody"] = _body(method, path)
             operation["responses"] = {**_success(method, path), "default": {
                 "description": "Refused or failed: an OperationOutcome says what and where",
                 "content": {FHIR_JSON: {"schema": _ref("OperationOutcome")}}}}
@@ -155,11 +153,9 @@ def describe(app: FastAPI) -> dict[str, Any]:
 
 
 def install_openapi(app: FastAPI) -> None:
-    cache: dict[str, Any] = {}
-
-    def openapi() -> dict[str, Any]:
-        if "spec" not in cache:
-            cache["spec"] = describe(app)
-        return cache["spec"]
+    def openapi() -> dict[str, Any]:  # built once, kept where FastAPI keeps its own
+        if app.openapi_schema is None:
+            app.openapi_schema = describe(app)
+        return app.openapi_schema
 
     app.openapi = openapi
