@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -157,6 +159,22 @@ def dicom_client(dicom_server: RunningServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=dicom_server.base_url, timeout=30,
                       headers={"Content-Type": "application/fhir+json"}) as http:
         yield http
+
+
+def run_sql(server: RunningServer, sql: str, *params) -> list[tuple]:
+    """Rows of `sql` ($1, $2… placeholders) run straight on the server's database, on either backend."""
+    if server.database_url:
+        import asyncpg
+
+        async def run() -> list[tuple]:
+            conn = await asyncpg.connect(server.database_url)
+            try:
+                return [tuple(row) for row in await conn.fetch(sql, *params)]
+            finally:
+                await conn.close()
+        return asyncio.run(run())
+    with sqlite3.connect(server.data_dir / "fhir.sqlite3", timeout=30) as db:
+        return db.execute(re.sub(r"\$\d+", "?", sql), params).fetchall()
 
 
 async def _create_database(url: str, name: str) -> None:

@@ -15,6 +15,10 @@ import asyncpg
 import httpx
 from bulk_data import kick_off, wait_for
 from conftest import _fresh_database_env, start_server, stop_server
+from pgcluster import free_port
+
+from fhir_server.settings import Settings
+from fhir_server.store import open_store
 
 FHIR_SERVER = str(Path(sys.executable).parent / "fhir-server")
 TABLES = ("resources", "resource_versions", "search_token", "search_reference")
@@ -65,3 +69,20 @@ def test_an_import_analyzes_what_it_filled(request):
         assert analyzed(env["FHIR_DATABASE_URL"]) == dict.fromkeys(TABLES, True)
     finally:
         stop_server(server)
+
+
+def test_a_failed_analyze_is_a_warning_not_a_failed_load(caplog):
+    # the load is committed by then: a database gone away meanwhile must not turn it into an error
+
+
+    store = open_store(Settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/fhir"))
+
+    async def refresh() -> None:
+        try:
+            await store.refresh_statistics()
+        finally:
+            await store.close()
+
+    asyncio.run(refresh())
+    assert any(r.levelname == "WARNING" and r.getMessage() == "ANALYZE after a bulk load failed"
+               for r in caplog.records)

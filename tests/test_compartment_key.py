@@ -6,16 +6,15 @@ resources outside any patient's compartment none. The rows are read straight fro
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import run_sql
 
 FHIR_SERVER = str(Path(sys.executable).parent / "fhir-server")
 
@@ -23,19 +22,9 @@ FHIR_SERVER = str(Path(sys.executable).parent / "fhir-server")
 def stored_keys(server, table: str, resource_type: str, resource_id: str) -> list[str | None]:
     """patient_key of the rows of one resource (history rows oldest first)."""
     order = " ORDER BY version_id" if table == "resource_versions" else ""
-    sql = f"SELECT patient_key FROM {table} WHERE resource_type = $1 AND id = $2{order}"
-    if server.database_url:
-        import asyncpg
-
-        async def fetch():
-            conn = await asyncpg.connect(server.database_url)
-            try:
-                return [r[0] for r in await conn.fetch(sql, resource_type, resource_id)]
-            finally:
-                await conn.close()
-        return asyncio.run(fetch())
-    with sqlite3.connect(server.data_dir / "fhir.sqlite3") as db:
-        return [r[0] for r in db.execute(sql.replace("$1", "?").replace("$2", "?"), (resource_type, resource_id))]
+    rows = run_sql(server, f"SELECT patient_key FROM {table} WHERE resource_type = $1 AND id = $2{order}",
+                   resource_type, resource_id)
+    return [row[0] for row in rows]
 
 
 @pytest.fixture(scope="module")

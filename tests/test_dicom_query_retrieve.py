@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import run_sql
 from dicom_data import dataset_bytes, send_unchanged, variant
 from pgcluster import free_port
 from pydicom.dataelem import RawDataElement
@@ -456,20 +456,7 @@ def test_undecodable_identifier(dicom_server, archive):
 
 
 def _rename_index_table(server, old: str, new: str) -> None:
-    if server.database_url:
-        import asyncpg
-
-        async def rename() -> None:
-            conn = await asyncpg.connect(server.database_url)
-            try:
-                await conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
-            finally:
-                await conn.close()
-
-        asyncio.run(rename())
-    else:
-        with sqlite3.connect(server.data_dir / "fhir.sqlite3", timeout=30) as conn:
-            conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+    run_sql(server, f"ALTER TABLE {old} RENAME TO {new}")
 
 
 def test_database_failure_is_out_of_resources(dicom_server, archive):
