@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     sqlite_synchronous: str = "FULL"
     sqlite_busy_timeout_ms: int = 30000
     db_pool_size: int = 10
+    # PostgreSQL: plain creates of one worker arriving together are written in shared statements, at most
+    # this many at a time (0: each create its own statement). See store/coalesce.py.
+    db_create_batches: int = 2
     max_body_bytes: int = 16 * 1024 * 1024
     # A database statement running longer is cancelled and the request answered 503 (0: no limit).
     query_timeout_s: float = 60

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from ..model.outcome import Conflict
 from ..settings import Settings
 from .base import ResourceVersion
+from .coalesce import Coalescer
 from .schema import SEARCH_TABLES
 from .sql import SqlResourceStore, identity_json, now_ms, stamp
 
@@ -130,6 +131,31 @@ def _bulk_create_statement(tables: frozenset[str]) -> str:
     return "WITH " + ",\n".join(ctes) + " SELECT count(*) FROM r"
 
 
+def _bulk_create(versions: list[ResourceVersion], items) -> tuple[str, tuple]:
+    """The statement of `_bulk_create_statement` and its arguments for new resources (versions) made of
+    (type, id, resource, patient_key, index) items."""
+    tables = frozenset(name for name in SEARCH_TABLES if any(item[4] is not None and getattr(item[4], name)
+                                                             for item in items))
+    args: list = [list(range(len(items))), [v.resource_type for v in versions], [v.id for v in versions],
+                  [item[3] for item in items], [v.content for v in versions], versions[0].last_updated]
+    for name in sorted(tables):
+        width = len(_ROW_KEYS[name])
+        positions: list[int] = []
+        columns: list[list] = [[] for _ in range(width)]
+        for n, item in enumerate(items):
+            for row in (getattr(item[4], name) if item[4] is not None else ()):
+                positions.append(n)
+                for k in range(width):
+                    columns[k].append(row[k])
+        args += [positions, *columns]
+    return _bulk_create_statement(tables), tuple(args)
+
+
+def _depends_on_data(error: BaseException) -> bool:
+    """A batch failure that one of its items may have caused alone (a key taken, a value out of range)."""
+    return isinstance(error, (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError))
+
+
 _READ_SQL = ("SELECT version_id, last_updated, deleted, content::text FROM resources"
              " WHERE resource_type = $1 AND id = $2")
 
@@ -157,6 +183,7 @@ class PostgresResourceStore(SqlResourceStore):
     _write_dsn: str = ""  # set when reads go to a replica: the primary, for single-statement writes
     _pool_size: int = 10
     _server_settings: dict[str, str] = {}  # replaced per store in open()
+    _creates: Coalescer[tuple, ResourceVersion] | None = None  # plain creates written together (open())
 
     async def read(self, resource_type, resource_id):
         """The hottest path: straight through an asyncpg pool (a prepared statement, no SQLAlchemy
@@ -180,8 +207,26 @@ class PostgresResourceStore(SqlResourceStore):
         return self._read_pool
 
     async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
-        """A plain create is one atomic statement: run it on its own (autocommit) through asyncpg,
-        without BEGIN/COMMIT round trips or the SQLAlchemy layers."""
+        """A plain create is one atomic statement, run on its own (autocommit) through asyncpg, without
+        BEGIN/COMMIT round trips or the SQLAlchemy layers; creates that arrive together share one."""
+        item = (resource_type, resource_id, resource, patient_key, index)
+        if self._creates is None:
+            return await self._create_one(await self._pool(write=True), *item)
+        return await self._creates.submit(item)
+
+    async def _write_creates(self, items: list[tuple]) -> list[ResourceVersion]:
+        pool = await self._pool(write=True)
+        if len(items) == 1:
+            return [await self._create_one(pool, *items[0])]
+        ts = now_ms()
+        versions = [ResourceVersion(rt, rid, 1, ts, False, stamp(resource, rid, 1, ts), "POST")
+                    for rt, rid, resource, _, _ in items]
+        sql, args = _bulk_create(versions, items)
+        await pool.fetchval(sql, *args)
+        return versions
+
+    @staticmethod
+    async def _create_one(pool: asyncpg.Pool, resource_type, resource_id, resource, patient_key, index):
         ts = now_ms()
         content = stamp(resource, resource_id, 1, ts)
         tables = frozenset(name for name in SEARCH_TABLES if index is not None and getattr(index, name))
@@ -191,7 +236,6 @@ class PostgresResourceStore(SqlResourceStore):
         for name in tables:
             params[f"rows_{name}"] = orjson.dumps([dict(zip(_ROW_KEYS[name], row, strict=True))
                                                   for row in getattr(index, name)]).decode()
-        pool = await self._pool(write=True)
         pk = await pool.fetchval(sql, *(params[n] for n in names))
         if pk is None:
             raise Conflict(f"{resource_type}/{resource_id} already exists")
@@ -218,22 +262,8 @@ class PostgresResourceStore(SqlResourceStore):
     async def insert_new(self, tx, versions, items) -> None:
         """One round trip for the whole batch, arrays bound as asyncpg parameters: about ten
         statements' worth of SQLAlchemy parameter handling saved per bundle."""
-        tables = frozenset(name for name in SEARCH_TABLES if any(item[4] is not None and getattr(item[4], name)
-                                                                 for item in items))
-        args: list = [list(range(len(items))), [v.resource_type for v in versions], [v.id for v in versions],
-                      [item[3] for item in items], [v.content for v in versions], versions[0].last_updated]
-        for name in sorted(tables):
-            width = len(_ROW_KEYS[name])
-            positions: list[int] = []
-            columns: list[list] = [[] for _ in range(width)]
-            for n, item in enumerate(items):
-                for row in (getattr(item[4], name) if item[4] is not None else ()):
-                    positions.append(n)
-                    for k in range(width):
-                        columns[k].append(row[k])
-            args += [positions, *columns]
         try:
-            await tx.conn.exec_driver_sql(_bulk_create_statement(tables), tuple(args))
+            await tx.conn.exec_driver_sql(*_bulk_create(versions, items))
         except IntegrityError as exc:
             raise Conflict("A resource in the batch already exists") from exc
 
@@ -261,6 +291,9 @@ class PostgresResourceStore(SqlResourceStore):
         if read is not None:
             store._write_dsn = write.url.set(drivername="postgresql").render_as_string(hide_password=False)
         store._pool_size = settings.db_pool_size
+        if settings.db_create_batches > 0:
+            store._creates = Coalescer(store._write_creates, retry_alone=_depends_on_data,
+                                       in_flight=settings.db_create_batches)
         store._server_settings = {"jit": "off", **_timeout(settings)}
         return store
 

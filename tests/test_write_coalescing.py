@@ -1,0 +1,198 @@
+"""Plain creates that arrive together are written in shared statements (store/coalesce.py): the batching
+itself, then on a real PostgreSQL that a batch writes every row a lone create writes, and that one bad
+item fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import pytest
+from conftest import _fresh_database_env
+
+from fhir_server.model.outcome import Conflict
+from fhir_server.service import ResourceService
+from fhir_server.settings import Settings
+from fhir_server.store import open_store
+from fhir_server.store.coalesce import Coalescer
+
+
+class Bad(Exception):
+    pass
+
+
+class Recorder:
+    """A flush that records its batches; items named 'bad' make a batch fail with Bad, 'down' with OSError."""
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+
+    async def __call__(self, items: list[str]) -> list[str]:
+        self.batches.append(list(items))
+        await asyncio.sleep(0.01)
+        if "bad" in items:
+            raise Bad("bad item")
+        if "down" in items:
+            raise OSError("connection lost")
+        return [item.upper() for item in items]
+
+
+def coalescer(recorder: Recorder, in_flight: int = 1) -> Coalescer[str, str]:
+    return Coalescer(recorder, retry_alone=lambda exc: isinstance(exc, Bad), in_flight=in_flight, max_batch=10)
+
+
+async def test_an_idle_coalescer_writes_at_once_and_alone():
+    recorder = Recorder()
+    writes = coalescer(recorder)
+    assert await writes.submit("a") == "A"
+    assert await writes.submit("b") == "B"
+    assert recorder.batches == [["a"], ["b"]]
+
+
+async def test_what_arrives_during_a_flush_goes_together_into_the_next():
+    recorder = Recorder()
+    writes = coalescer(recorder)
+    first = asyncio.ensure_future(writes.submit("first"))
+    await asyncio.sleep(0)  # the first flush is under way
+    rest = [f"item{n}" for n in range(25)]
+    assert await asyncio.gather(first, *(writes.submit(item) for item in rest)) == [
+        "FIRST", *(item.upper() for item in rest)]
+    # at most in_flight flushes at a time, at most max_batch items each, in order of arrival
+    assert recorder.batches == [["first"], rest[:10], rest[10:20], rest[20:]]
+
+
+async def test_two_flushes_may_run_at_once():
+    recorder = Recorder()
+    writes = coalescer(recorder, in_flight=2)
+    first = asyncio.ensure_future(writes.submit("i0"))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(writes.submit("i1"))
+    await asyncio.sleep(0)  # two flushes under way: the rest waits for the first of them to end
+    results = await asyncio.gather(first, second, *(writes.submit(f"i{n}") for n in range(2, 6)))
+    assert results == [f"I{n}" for n in range(6)]
+    assert recorder.batches == [["i0"], ["i1"], ["i2", "i3", "i4", "i5"]]
+
+
+async def test_a_data_error_is_retried_item_by_item_so_only_its_item_fails():
+    recorder = Recorder()
+    writes = coalescer(recorder)
+    await asyncio.gather(writes.submit("warm"))
+    results = await asyncio.gather(*(writes.submit(item) for item in ["a", "bad", "c"]), return_exceptions=True)
+    assert results[0] == "A" and results[2] == "C"
+    assert isinstance(results[1], Bad)
+    assert recorder.batches[1:] == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+
+
+async def test_a_connection_error_fails_the_whole_batch_without_retrying():
+    recorder = Recorder()
+    writes = coalescer(recorder)
+    results = await asyncio.gather(*(writes.submit(item) for item in ["a", "down", "c"]), return_exceptions=True)
+    assert recorder.batches == [["a", "down", "c"]]
+    assert all(isinstance(r, OSError) for r in results)
+
+
+async def test_a_cancelled_request_does_not_cancel_the_write():
+    recorder = Recorder()
+    writes = coalescer(recorder)
+    request = asyncio.ensure_future(writes.submit("x"))
+    await asyncio.sleep(0.001)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await asyncio.sleep(0.03)
+    assert recorder.batches == [["x"]]  # the flush ran to its end
+
+
+# ---- on PostgreSQL ----
+
+def observation(n: int) -> dict:
+    return {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": f"Patient/p{n % 3}"}, "effectiveDateTime": f"2026-01-{n % 28 + 1:02d}",
+            "valueQuantity": {"value": 60 + n, "unit": "/min", "system": "http://unitsofmeasure.org",
+                              "code": "/min"}}
+
+
+@pytest.fixture
+def database_url(request) -> str:
+    return _fresh_database_env(request, "postgresql")["FHIR_DATABASE_URL"]
+
+
+@pytest.fixture(params=[0, 1, 2], ids=lambda n: f"batches={n}")
+async def service(request, database_url):
+    url = database_url
+    settings = Settings(database_url=url, db_create_batches=request.param, terminology_load=False)
+    store = open_store(settings)
+    await store.migrate()
+    service = ResourceService(store, settings)
+    await service.start()
+    service.url = url
+    yield service
+    await store.close()
+
+
+async def fetch(url: str, sql: str, *args) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def index_rows(url: str, ids: list[str]) -> dict[str, int]:
+    """Index rows per table of the Observations with these ids."""
+    counts = {}
+    for table in ("search_token", "search_reference", "search_date", "search_quantity"):
+        rows = await fetch(url, f"SELECT count(*) FROM {table} t JOIN resources r ON r.pk = t.res_pk"
+                                " WHERE r.resource_type = 'Observation' AND r.id = ANY($1::text[])", ids)
+        counts[table] = rows[0][0]
+    return counts
+
+
+async def test_creates_together_write_what_creates_alone_write(service):
+    alone = [(await service.create("Observation", observation(n))).version for n in range(3)]
+    together = [r.version for r in await asyncio.gather(*(service.create("Observation", observation(n))
+                                                           for n in range(40)))]
+    ids = [v.id for v in together]
+    assert len(set(ids)) == 40
+    rows = await fetch(service.url, "SELECT id, version_id, patient_key, last_updated, content::text FROM resources"
+                                    " WHERE id = ANY($1::text[])", ids)
+    assert len(rows) == 40
+    by_id = {row["id"]: row for row in rows}
+    for n, version in enumerate(together):
+        row = by_id[version.id]
+        assert row["version_id"] == 1 and row["patient_key"] == f"p{n % 3}"
+        assert row["last_updated"] == version.last_updated
+        assert json.loads(row["content"]) == json.loads(version.content)
+        assert json.loads(version.content)["meta"]["lastUpdated"] == version.last_updated_instant
+    history = await fetch(service.url, "SELECT count(*) FROM resource_versions WHERE id = ANY($1::text[])"
+                                       " AND method = 'POST' AND version_id = 1", ids)
+    assert history[0][0] == 40
+    # every create has as many index rows as a lone create of the same shape
+    per_alone = await index_rows(service.url, [alone[0].id])
+    assert await index_rows(service.url, ids) == {table: 40 * count for table, count in per_alone.items()}
+    _, page = await service.search(("Observation",), [("subject", "Patient/p1"), ("_count", "100")],
+                                   base_url="http://x", strict=True)
+    assert {v.id for v in page.matches} >= {v.id for n, v in enumerate(together) if n % 3 == 1}
+    stamps = {v.last_updated for v in together}
+    if service.settings.db_create_batches:  # written together: fewer statements (and stamps) than creates
+        assert len(stamps) < 40
+    else:
+        assert len(rows) == 40
+
+
+async def test_a_taken_id_in_a_batch_fails_alone(service):
+    store = service.store
+    first = await store.create("Observation", "taken", observation(0))
+    results = await asyncio.gather(*(store.create("Observation", rid, observation(n))
+                                     for n, rid in enumerate(["new-a", "taken", "new-b", "new-c"])),
+                                   return_exceptions=True)
+    assert isinstance(results[1], Conflict)
+    assert [r.id for n, r in enumerate(results) if n != 1] == ["new-a", "new-b", "new-c"]
+    rows = await fetch(service.url, "SELECT id, version_id, content::text FROM resources"
+                                    " WHERE id IN ('taken', 'new-a', 'new-b', 'new-c') ORDER BY id")
+    assert [(r["id"], r["version_id"]) for r in rows] == [("new-a", 1), ("new-b", 1), ("new-c", 1), ("taken", 1)]
+    assert json.loads(rows[3]["content"]) == json.loads(first.content)
+    history = await fetch(service.url, "SELECT count(*) FROM resource_versions WHERE id = 'taken'")
+    assert history[0][0] == 1
