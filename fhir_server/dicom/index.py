@@ -100,13 +100,14 @@ class DicomIndex:
         async with self.store.write_engine.connect() as conn:  # the primary: a replica may lag behind
             return (await conn.execute(select(T.c.pk).where(T.c.sop_uid == sop_uid))).first() is not None
 
-    async def add(self, instance, blob_key: str, fragments: dict[str, Any]) -> bool:
-        """Record a stored instance; False when the SOP Instance UID was already there."""
+    async def add(self, instance, blob_key: str, fragments: str) -> bool:
+        """Record a stored instance (fragments: its ImagingStudy fragments as JSON text); False when the SOP
+        Instance UID was already there."""
         values = {"sop_uid": instance.sop_uid, "series_uid": instance.series_uid, "study_uid": instance.study_uid,
                   "sop_class_uid": instance.sop_class_uid, "transfer_syntax": instance.transfer_syntax,
                   **{k: (v[:200] if isinstance(v, str) else v) for k, v in instance.attributes.items()},
                   "blob_key": blob_key, "size": len(instance.raw), "received_at": datetime.now(UTC),
-                  "fhir": orjson.dumps(fragments).decode(), "dicom_json": orjson.dumps(instance.json).decode()}
+                  "fhir": fragments, "dicom_json": instance.json}
         for key, limit in (("birth_date", 8), ("study_date", 8), ("study_time", 16), ("sex", 16), ("study_id", 16),
                            ("modality", 16), ("patient_id", 64), ("issuer", 64), ("accession", 64),
                            ("body_part", 64)):

@@ -31,14 +31,16 @@ ENDPOINT_IDENTIFIER = ("urn:alliance:endpoint", "dicomweb")
 
 
 def analyse(raw: bytes, context_sop_class: str | None, study_uid: str | None,
-            timezone: str) -> tuple[ParsedInstance, dict[str, Any]]:
-    """Parse and check an instance and apply the mapping table; what comes back is small (no pixel
-    data, no dataset) so that it can come from a parser process cheaply."""
+            timezone: str) -> tuple[ParsedInstance, str]:
+    """Parse and check an instance and apply the mapping table, giving its ImagingStudy fragments as JSON
+    text; what comes back is small and flat (no pixel data, no dataset, documents already encoded) so
+    that it comes from a parser process cheaply (unpickling a CT's documents as dicts took the SCP's event
+    loop 88 us, as text 5 us)."""
     instance = parse_instance(raw, context_sop_class=context_sop_class, study_uid=study_uid)
     fragments = _mapping(timezone).fragments(instance.dataset)
     instance.dataset = None
     instance.raw = b""
-    return instance, fragments
+    return instance, orjson.dumps(fragments).decode()
 
 
 @functools.cache
