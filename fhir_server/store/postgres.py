@@ -231,6 +231,11 @@ class PostgresResourceStore(SqlResourceStore):
                                                         reset=_keep_session, server_settings=self._server_settings)
         return self._read_pool
 
+    async def fetchval(self, sql: str, *args):
+        """One statement ($1, $2… placeholders) on the primary, on its own (autocommit), straight through
+        asyncpg: for hot paths whose single statement SQLAlchemy's layers would cost more than."""
+        return await (await self._pool(write=True)).fetchval(sql, *args)
+
     async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
         """A plain create is one atomic statement, run on its own (autocommit) through asyncpg, without
         BEGIN/COMMIT round trips or the SQLAlchemy layers; creates that arrive together share one."""
