@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -63,6 +64,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InterfaceError)
     @app.exception_handler(ConnectionError)
     @app.exception_handler(OSError)
+    # the same, met on the paths that use asyncpg without SQLAlchemy (reads, creates, the DICOM index)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    @app.exception_handler(asyncpg.AdminShutdownError)
+    @app.exception_handler(asyncpg.CrashShutdownError)
     async def _database_down(request: Request, exc: Exception):
         if is_query_timeout(exc):
             return _timed_out(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -17,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..model.outcome import Conflict
+from ..search.extract import IndexRows
 from ..settings import Settings
 from .base import ResourceVersion
 from .coalesce import Coalescer
@@ -133,12 +135,12 @@ def _bulk_create_statement(tables: frozenset[str]) -> str:
     """New resources, their history rows and every index row in one statement over column arrays
     ($1..$6 the resources; then per index table the resource's position and the row's columns)."""
     ctes = [
-        "x AS MATERIALIZED (SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[])"
-        " AS x(n, t, i, k, c))",
+        "x AS MATERIALIZED (SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[],"
+        " $6::timestamptz[]) AS x(n, t, i, k, c, u))",
         "r AS (INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, patient_key, content)"
-        " SELECT t, i, 1, $6, false, k, c::jsonb FROM x ORDER BY n RETURNING pk, resource_type, id)",
+        " SELECT t, i, 1, u, false, k, c::jsonb FROM x ORDER BY n RETURNING pk, resource_type, id)",
         "h AS (INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method, patient_key,"
-        " content) SELECT t, i, 1, $6, 'POST', k, c::jsonb FROM x ORDER BY n)",
+        " content) SELECT t, i, 1, u, 'POST', k, c::jsonb FROM x ORDER BY n)",
         "m AS (SELECT r.pk, x.n, x.t FROM r JOIN x ON x.t = r.resource_type AND x.i = r.id)",
         "e AS (INSERT INTO subscription_events (resource_type, resource_id, version_id)"
         " SELECT t, i, 1 FROM x WHERE t IN (SELECT resource_type FROM subscription_types) ORDER BY n)",
@@ -156,19 +158,19 @@ def _bulk_create_statement(tables: frozenset[str]) -> str:
     return "WITH " + ",\n".join(ctes) + " SELECT count(*) FROM r"
 
 
-def _bulk_create(versions: list[ResourceVersion], items) -> tuple[str, tuple]:
-    """The statement of `_bulk_create_statement` and its arguments for new resources (versions) made of
-    (type, id, resource, patient_key, index) items."""
-    tables = frozenset(name for name in SEARCH_TABLES if any(item[4] is not None and getattr(item[4], name)
-                                                             for item in items))
-    args: list = [list(range(len(items))), [v.resource_type for v in versions], [v.id for v in versions],
-                  [item[3] for item in items], [v.content for v in versions], versions[0].last_updated]
+def _bulk_create(rows: list[tuple[ResourceVersion, str | None, IndexRows | None]]) -> tuple[str, tuple]:
+    """The statement of `_bulk_create_statement` and its arguments for new resources: (first version,
+    patient_key, index rows) each."""
+    tables = frozenset(name for name in SEARCH_TABLES if any(index is not None and getattr(index, name)
+                                                             for _, _, index in rows))
+    args: list = [list(range(len(rows))), [v.resource_type for v, _, _ in rows], [v.id for v, _, _ in rows],
+                  [key for _, key, _ in rows], [v.content for v, _, _ in rows], [v.last_updated for v, _, _ in rows]]
     for name in sorted(tables):
         width = len(_ROW_KEYS[name])
         positions: list[int] = []
         columns: list[list] = [[] for _ in range(width)]
-        for n, item in enumerate(items):
-            for row in (getattr(item[4], name) if item[4] is not None else ()):
+        for n, (_, _, index) in enumerate(rows):
+            for row in (getattr(index, name) if index is not None else ()):
                 positions.append(n)
                 for k in range(width):
                     columns[k].append(row[k])
@@ -176,9 +178,16 @@ def _bulk_create(versions: list[ResourceVersion], items) -> tuple[str, tuple]:
     return _bulk_create_statement(tables), tuple(args)
 
 
+# A batch of coalesced creates carries at most this much resource JSON (one bigger resource goes alone).
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+
+
 def _depends_on_data(error: BaseException) -> bool:
-    """A batch failure that one of its items may have caused alone (a key taken, a value out of range)."""
-    return isinstance(error, (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError))
+    """A batch failure that one of its items may have caused alone: any error PostgreSQL reports about the
+    statement (a key taken, a value out of range, an index row too large), but not a lost or refused
+    connection (class 08), a lack of resources (53), a cancelled statement or a shutdown (57), or a
+    system error (58), which a lone write would have met just the same."""
+    return isinstance(error, asyncpg.PostgresError) and str(error.sqlstate)[:2] not in ("08", "53", "57", "58")
 
 
 _READ_SQL = ("SELECT version_id, last_updated, deleted, content::text FROM resources"
@@ -208,6 +217,7 @@ class PostgresResourceStore(SqlResourceStore):
     _write_dsn: str = ""  # set when reads go to a replica: the primary, for single-statement writes
     _pool_size: int = 10
     _server_settings: dict[str, str] = {}  # replaced per store in open()
+    _pool_lock: asyncio.Lock | None = None
     _creates: Coalescer[tuple, ResourceVersion] | None = None  # plain creates written together (open())
 
     async def read(self, resource_type, resource_id):
@@ -220,16 +230,23 @@ class PostgresResourceStore(SqlResourceStore):
 
     async def _pool(self, *, write: bool = False) -> asyncpg.Pool:
         """The asyncpg pool for reads (the replica, when there is one), or for single-statement writes."""
-        if write and self._write_dsn:
-            if self._write_pool is None:
-                self._write_pool = await asyncpg.create_pool(
-                    self._write_dsn, min_size=1, max_size=self._pool_size, reset=_keep_session,
-                    server_settings={**self._server_settings, "synchronous_commit": "remote_apply"})
-            return self._write_pool
-        if self._read_pool is None:
-            self._read_pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size,
-                                                        reset=_keep_session, server_settings=self._server_settings)
-        return self._read_pool
+        write = write and bool(self._write_dsn)
+        pool = self._write_pool if write else self._read_pool
+        if pool is not None:
+            return pool
+        if self._pool_lock is None:
+            self._pool_lock = asyncio.Lock()
+        async with self._pool_lock:  # concurrent first callers would each open a pool, and leak all but one
+            if write:
+                if self._write_pool is None:
+                    self._write_pool = await asyncpg.create_pool(
+                        self._write_dsn, min_size=1, max_size=self._pool_size, reset=_keep_session,
+                        server_settings={**self._server_settings, "synchronous_commit": "remote_apply"})
+                return self._write_pool
+            if self._read_pool is None:
+                self._read_pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size,
+                                                            reset=_keep_session, server_settings=self._server_settings)
+            return self._read_pool
 
     async def fetchval(self, sql: str, *args):
         """One statement ($1, $2… placeholders) on the primary, on its own (autocommit), straight through
@@ -239,37 +256,34 @@ class PostgresResourceStore(SqlResourceStore):
     async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
         """A plain create is one atomic statement, run on its own (autocommit) through asyncpg, without
         BEGIN/COMMIT round trips or the SQLAlchemy layers; creates that arrive together share one."""
-        item = (resource_type, resource_id, resource, patient_key, index)
-        if self._creates is None:
-            return await self._create_one(await self._pool(write=True), *item)
-        return await self._creates.submit(item)
-
-    async def _write_creates(self, items: list[tuple]) -> list[ResourceVersion]:
-        pool = await self._pool(write=True)
-        if len(items) == 1:
-            return [await self._create_one(pool, *items[0])]
         ts = now_ms()
-        versions = [ResourceVersion(rt, rid, 1, ts, False, stamp(resource, rid, 1, ts), "POST")
-                    for rt, rid, resource, _, _ in items]
-        sql, args = _bulk_create(versions, items)
+        version = ResourceVersion(resource_type, resource_id, 1, ts, False, stamp(resource, resource_id, 1, ts),
+                                  "POST")
+        if self._creates is None:
+            return await self._create_one(await self._pool(write=True), version, patient_key, index)
+        return await self._creates.submit((version, patient_key, index))
+
+    async def _write_creates(self, batch: list[tuple]) -> list[ResourceVersion]:
+        pool = await self._pool(write=True)
+        if len(batch) == 1:
+            return [await self._create_one(pool, *batch[0])]
+        sql, args = _bulk_create(batch)
         await pool.fetchval(sql, *args)
-        return versions
+        return [version for version, _, _ in batch]
 
     @staticmethod
-    async def _create_one(pool: asyncpg.Pool, resource_type, resource_id, resource, patient_key, index):
-        ts = now_ms()
-        content = stamp(resource, resource_id, 1, ts)
+    async def _create_one(pool: asyncpg.Pool, version: ResourceVersion, patient_key, index) -> ResourceVersion:
         tables = frozenset(name for name in SEARCH_TABLES if index is not None and getattr(index, name))
         sql, names = _create_statement(tables)
-        params = {"resource_type": resource_type, "id": resource_id, "version_id": 1, "last_updated": ts,
-                  "deleted": False, "patient_key": patient_key, "content": content, "method": "POST"}
+        params = {"resource_type": version.resource_type, "id": version.id, "version_id": 1,
+                  "last_updated": version.last_updated, "deleted": False, "patient_key": patient_key,
+                  "content": version.content, "method": "POST"}
         for name in tables:
             params[f"rows_{name}"] = orjson.dumps([dict(zip(_ROW_KEYS[name], row, strict=True))
                                                   for row in getattr(index, name)]).decode()
-        pk = await pool.fetchval(sql, *(params[n] for n in names))
-        if pk is None:
-            raise Conflict(f"{resource_type}/{resource_id} already exists")
-        return ResourceVersion(resource_type, resource_id, 1, ts, False, content, "POST")
+        if await pool.fetchval(sql, *(params[n] for n in names)) is None:
+            raise Conflict(f"{version.resource_type}/{version.id} already exists")
+        return version
 
     async def close(self) -> None:
         for pool in (self._read_pool, self._write_pool):
@@ -293,7 +307,8 @@ class PostgresResourceStore(SqlResourceStore):
         """One round trip for the whole batch, arrays bound as asyncpg parameters: about ten
         statements' worth of SQLAlchemy parameter handling saved per bundle."""
         try:
-            await tx.conn.exec_driver_sql(*_bulk_create(versions, items))
+            await tx.conn.exec_driver_sql(*_bulk_create([(v, item[3], item[4])
+                                                         for v, item in zip(versions, items, strict=True)]))
         except IntegrityError as exc:
             raise Conflict("A resource in the batch already exists") from exc
 
@@ -323,7 +338,8 @@ class PostgresResourceStore(SqlResourceStore):
         store._pool_size = settings.db_pool_size
         if settings.db_create_batches > 0:
             store._creates = Coalescer(store._write_creates, retry_alone=_depends_on_data,
-                                       in_flight=settings.db_create_batches)
+                                       in_flight=settings.db_create_batches, weigh=lambda item: len(item[0].content),
+                                       max_weight=BATCH_MAX_BYTES)
         store._server_settings = {"jit": "off", **_timeout(settings)}
         return store
 
