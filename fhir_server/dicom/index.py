@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, distinct, func, literal, select
+from sqlalchemy import and_, bindparam, distinct, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..store.schema import dicom_instances as T
@@ -101,15 +101,20 @@ _PG_INSERT = (f"INSERT INTO dicom_instances ({', '.join(_COLUMNS)})"
               " ON CONFLICT DO NOTHING RETURNING pk")
 
 
+# Elsewhere (SQLite) built once: constructing them per instance cost more than running them.
+_EXISTS = select(T.c.pk).where(T.c.sop_uid == bindparam("sop_uid")).limit(1)
+
+
 class DicomIndex:
     def __init__(self, store):
         self.store = store  # a SqlResourceStore: the index lives in the same database
+        self._insert = store.insert_ignoring_conflict(T)
 
     async def exists(self, sop_uid: str) -> bool:
         if self.store.backend == "postgresql":
             return await self.store.fetchval(_PG_EXISTS, sop_uid) is not None
         async with self.store.write_engine.connect() as conn:  # the primary: a replica may lag behind
-            return (await conn.execute(select(T.c.pk).where(T.c.sop_uid == sop_uid))).first() is not None
+            return (await conn.execute(_EXISTS, {"sop_uid": sop_uid})).first() is not None
 
     async def add(self, instance, blob_key: str, fragments: str) -> bool:
         """Record a stored instance (fragments: its ImagingStudy fragments as JSON text); False when the SOP
@@ -127,7 +132,7 @@ class DicomIndex:
         if self.store.backend == "postgresql":
             return await self.store.fetchval(_PG_INSERT, *(values[c] for c in _COLUMNS)) is not None
         async with self.store.write_engine.begin() as conn:
-            result = await conn.execute(self.store.insert_ignoring_conflict(T).values(**values))
+            result = await conn.execute(self._insert, values)
         return result.rowcount == 1
 
     async def study_instances(self, conn: AsyncConnection, study_uid: str) -> list[dict[str, Any]]:
