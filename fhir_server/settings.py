@@ -29,8 +29,8 @@ class Settings(BaseSettings):
     sqlite_synchronous: str = "FULL"
     sqlite_busy_timeout_ms: int = 30000
     db_pool_size: int = 10
-    # PostgreSQL: plain creates of one worker arriving together are written in shared statements, at most
-    # this many at a time (0: each create its own statement). See store/coalesce.py.
+    # Plain creates of one worker arriving together are written in shared statements, at most this many
+    # at a time on PostgreSQL, one at a time on SQLite (0: each create its own statement). store/coalesce.py.
     db_create_batches: int = 2
     max_body_bytes: int = 16 * 1024 * 1024
     # A database statement running longer is cancelled and the request answered 503 (0: no limit).

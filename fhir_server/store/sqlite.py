@@ -15,7 +15,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only
 
+from ..model.outcome import Conflict
 from ..settings import Settings
+from .base import ResourceVersion
+from .coalesce import Coalescer
 from .sql import SqlResourceStore, identity_json
 
 
@@ -61,6 +64,20 @@ def _interrupt_slow_statements(engine: AsyncEngine, timeout_s: float) -> None:
 
 class SqliteResourceStore(SqlResourceStore):
     backend = "sqlite"
+    _creates: Coalescer[tuple, ResourceVersion] | None = None  # plain creates written together (open())
+
+    async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
+        """Plain creates that arrive while the one writer is busy are written together, in one transaction
+        and one commit (each commit is an fsync with synchronous=FULL)."""
+        if self._creates is None:
+            return await super().create(resource_type, resource_id, resource, patient_key, index)
+        return await self._creates.submit((resource_type, resource_id, resource, patient_key, index))
+
+    async def _write_creates(self, items: list[tuple]) -> list[ResourceVersion]:
+        async with self.transaction() as tx:
+            if len(items) == 1:
+                return [await tx.create(*items[0])]
+            return await tx.create_many(items)
 
     @staticmethod
     def insert_ignoring_conflict(table):
@@ -85,4 +102,8 @@ class SqliteResourceStore(SqlResourceStore):
         # pool is cheaper than spinning on the database lock.
         write = _engine(url, settings, begin="BEGIN IMMEDIATE", pool_size=1)
         read = _engine(url, settings, begin="BEGIN", pool_size=settings.db_pool_size)
-        return cls(write, read)
+        store = cls(write, read)
+        if settings.db_create_batches > 0:  # one flush at a time: there is one writer
+            store._creates = Coalescer(store._write_creates, retry_alone=lambda exc: isinstance(exc, Conflict),
+                                       in_flight=1)
+        return store
