@@ -18,6 +18,8 @@ RAISED = {
     "shutdown": asyncpg.AdminShutdownError("terminating connection due to administrator command"),
     "crash": asyncpg.CrashShutdownError("terminating connection because of crash of another server process"),
     "refused": ConnectionRefusedError(111, "Connection refused"),
+    "connections": asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+    "disk": asyncpg.DiskFullError('could not extend file "base/16384/16385": No space left on device'),
     "bug": asyncpg.UndefinedColumnError('column "nope" does not exist'),
 }
 
@@ -40,13 +42,19 @@ async def answer(app: FastAPI, name: str) -> httpx.Response:
         return await client.get(f"/raise/{name}")
 
 
-@pytest.mark.parametrize("name", ["lost", "failure", "starting", "shutdown", "crash", "refused"])
+@pytest.mark.parametrize("name", ["lost", "failure", "starting", "shutdown", "crash", "refused", "connections"])
 async def test_a_database_gone_away_is_503_with_retry_after(app, name):
     response = await answer(app, name)
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == "5"
     outcome = response.json()
     assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "transient"
+
+
+async def test_a_full_database_disk_is_507(app):
+    response = await answer(app, "disk")
+    assert response.status_code == 507
+    assert "nothing of this request was written" in response.json()["issue"][0]["diagnostics"]
 
 
 async def test_any_other_database_error_is_500_without_its_text(app):

@@ -66,6 +66,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OSError)
     # the same, met on the paths that use asyncpg without SQLAlchemy (reads, creates, the DICOM index)
     @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InsufficientResourcesError)  # disk full (507), too many connections
     @app.exception_handler(asyncpg.CannotConnectNowError)
     @app.exception_handler(asyncpg.AdminShutdownError)
     @app.exception_handler(asyncpg.CrashShutdownError)

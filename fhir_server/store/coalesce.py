@@ -19,6 +19,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+# The stores' cap on a batch of creates: this many characters of resource JSON (a bigger one goes alone).
+BATCH_MAX_CHARS = 4 * 1024 * 1024
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 Waiting = tuple[Item, "asyncio.Future[Result]"]
@@ -44,10 +47,11 @@ class Coalescer(Generic[Item, Result]):
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._flushing < self._in_flight:
+            started = [False]
+            task = asyncio.create_task(self._drain(started))
             self._flushing += 1
-            task = asyncio.create_task(self._drain())
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda done: self._drain_done(done, started))
         # a cancelled request leaves its write to the flush: it cannot be taken back once sent
         return await asyncio.shield(future)
 
@@ -62,34 +66,39 @@ class Coalescer(Generic[Item, Result]):
         batch, self._pending = self._pending[:count], self._pending[count:]
         return batch
 
-    async def _drain(self) -> None:
+    async def _drain(self, started: list[bool]) -> None:
+        started[0] = True
         try:
             while self._pending:  # from this check to the finally below nothing yields: no wakeup is lost
                 await self._write(self._next_batch())
-        except asyncio.CancelledError:
-            if self._flushing == 1:  # the last drain: nobody is left to write what waits
-                for _, future in self._pending:
-                    future.cancel()
-                self._pending = []
-            raise
         finally:
             self._flushing -= 1
+            if not self._flushing:  # ended early (shutdown, an error) with nobody left to write what waits
+                self._abandon()
+
+    def _drain_done(self, task: asyncio.Task, started: list[bool]) -> None:
+        self._tasks.discard(task)
+        if not started[0]:  # cancelled before its first step: its finally never ran
+            self._flushing -= 1
+            if not self._flushing:
+                self._abandon()
+
+    def _abandon(self) -> None:
+        for _, future in self._pending:
+            future.cancel()
+        self._pending = []
 
     async def _write(self, batch: list[Waiting]) -> None:
         try:
             results = await self._flush([item for item, _ in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"a flush of {len(batch)} items returned {len(results)} results")
-        except asyncio.CancelledError:  # shutting down: the waiting requests end with it
-            for _, future in batch:
-                future.cancel()
-            raise
         except Exception as exc:  # noqa: BLE001 - handed to the waiting requests, not swallowed
             if len(batch) > 1 and self._retry_alone(exc):
                 for position, one in enumerate(batch):
                     try:
                         await self._write([one])
-                    except asyncio.CancelledError:
+                    except BaseException:
                         for _, future in batch[position:]:
                             future.cancel()
                         raise
@@ -98,6 +107,10 @@ class Coalescer(Generic[Item, Result]):
                 if not future.done():
                     future.set_exception(exc)
             return
+        except BaseException:  # shutting down (cancelled): the waiting requests end with it
+            for _, future in batch:
+                future.cancel()
+            raise
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

@@ -21,7 +21,7 @@ from ..model.outcome import Conflict
 from ..search.extract import IndexRows
 from ..settings import Settings
 from .base import ResourceVersion
-from .coalesce import Coalescer
+from .coalesce import BATCH_MAX_CHARS, Coalescer
 from .schema import SEARCH_TABLES
 from .sql import SqlResourceStore, identity_json, now_ms, stamp
 
@@ -178,10 +178,6 @@ def _bulk_create(rows: list[tuple[ResourceVersion, str | None, IndexRows | None]
     return _bulk_create_statement(tables), tuple(args)
 
 
-# A batch of coalesced creates carries at most this much resource JSON (one bigger resource goes alone).
-BATCH_MAX_BYTES = 4 * 1024 * 1024
-
-
 def _depends_on_data(error: BaseException) -> bool:
     """A batch failure that one of its items may have caused alone: any error PostgreSQL reports about the
     statement (a key taken, a value out of range, an index row too large), but not a lost or refused
@@ -218,6 +214,7 @@ class PostgresResourceStore(SqlResourceStore):
     _pool_size: int = 10
     _server_settings: dict[str, str] = {}  # replaced per store in open()
     _pool_lock: asyncio.Lock | None = None
+    _closed = False
     _creates: Coalescer[tuple, ResourceVersion] | None = None  # plain creates written together (open())
 
     async def read(self, resource_type, resource_id):
@@ -234,6 +231,8 @@ class PostgresResourceStore(SqlResourceStore):
         pool = self._write_pool if write else self._read_pool
         if pool is not None:
             return pool
+        if self._closed:  # a late write (a create batch still draining) must not open a pool nobody closes
+            raise ConnectionError("the resource store is closed")
         if self._pool_lock is None:
             self._pool_lock = asyncio.Lock()
         async with self._pool_lock:  # concurrent first callers would each open a pool, and leak all but one
@@ -286,6 +285,7 @@ class PostgresResourceStore(SqlResourceStore):
         return version
 
     async def close(self) -> None:
+        self._closed = True
         for pool in (self._read_pool, self._write_pool):
             if pool is not None:
                 await pool.close()
@@ -339,7 +339,7 @@ class PostgresResourceStore(SqlResourceStore):
         if settings.db_create_batches > 0:
             store._creates = Coalescer(store._write_creates, retry_alone=_depends_on_data,
                                        in_flight=settings.db_create_batches, weigh=lambda item: len(item[0].content),
-                                       max_weight=BATCH_MAX_BYTES)
+                                       max_weight=BATCH_MAX_CHARS)
         store._server_settings = {"jit": "off", **_timeout(settings)}
         return store
 

@@ -9,6 +9,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -18,7 +19,7 @@ from sqlalchemy.util import await_only
 from ..model.outcome import Conflict
 from ..settings import Settings
 from .base import ResourceVersion
-from .coalesce import Coalescer
+from .coalesce import BATCH_MAX_CHARS, Coalescer
 from .sql import SqlResourceStore, identity_json
 
 
@@ -105,5 +106,6 @@ class SqliteResourceStore(SqlResourceStore):
         store = cls(write, read)
         if settings.db_create_batches > 0:  # one flush at a time: there is one writer
             store._creates = Coalescer(store._write_creates, retry_alone=lambda exc: isinstance(exc, Conflict),
-                                       in_flight=1)
+                                       in_flight=1, weigh=lambda item: len(orjson.dumps(item[2])),
+                                       max_weight=BATCH_MAX_CHARS)
         return store
