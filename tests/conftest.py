@@ -177,6 +177,17 @@ def run_sql(server: RunningServer, sql: str, *params) -> list[tuple]:
         return db.execute(re.sub(r"\$\d+", "?", sql), params).fetchall()
 
 
+async def pg_fetch(url: str, sql: str, *args) -> list:
+    """Rows of one statement ($1, $2… placeholders) on a PostgreSQL database, on a connection of its own."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
 async def _create_database(url: str, name: str) -> None:
     import asyncpg
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import pytest
-from conftest import _fresh_database_env
+from conftest import _fresh_database_env, pg_fetch
 from sqlalchemy.exc import DBAPIError
 
 from fhir_server.settings import Settings
@@ -31,12 +30,9 @@ async def store(database_url, monkeypatch):
 
 async def terminate_sessions(url: str) -> int:
     """End every other session of the database, as a restart of PostgreSQL would."""
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                                   " WHERE datname = current_database() AND pid <> pg_backend_pid()")
-    finally:
-        await conn.close()
+    rows = await pg_fetch(url, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                               " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    return rows[0][0]
 
 
 async def history_size(store) -> int:

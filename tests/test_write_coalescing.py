@@ -10,7 +10,7 @@ import sqlite3
 
 import asyncpg
 import pytest
-from conftest import _fresh_database_env
+from conftest import _fresh_database_env, pg_fetch
 
 from fhir_server.model.outcome import Conflict
 from fhir_server.service import ResourceService
@@ -180,30 +180,21 @@ def database_url(request) -> str:
 
 @pytest.fixture(params=[0, 1, 2], ids=lambda n: f"batches={n}")
 async def service(request, database_url):
-    url = database_url
-    settings = Settings(database_url=url, db_create_batches=request.param, terminology_load=False)
+    settings = Settings(database_url=database_url, db_create_batches=request.param, terminology_load=False)
     store = open_store(settings)
     await store.migrate()
     service = ResourceService(store, settings)
     await service.start()
-    service.url = url
+    service.url = database_url
     yield service
     await store.close()
-
-
-async def fetch(url: str, sql: str, *args) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
 
 
 async def index_rows(url: str, ids: list[str]) -> dict[str, int]:
     """Index rows per table of the Observations with these ids."""
     counts = {}
     for table in ("search_token", "search_reference", "search_date", "search_quantity"):
-        rows = await fetch(url, f"SELECT count(*) FROM {table} t JOIN resources r ON r.pk = t.res_pk"
+        rows = await pg_fetch(url, f"SELECT count(*) FROM {table} t JOIN resources r ON r.pk = t.res_pk"
                                 " WHERE r.resource_type = 'Observation' AND r.id = ANY($1::text[])", ids)
         counts[table] = rows[0][0]
     return counts
@@ -224,17 +215,17 @@ def count_flushes(store) -> list[int]:
 
 async def test_creates_together_write_what_creates_alone_write(service):
     alone = [(await service.create("Observation", observation(n))).version for n in range(3)]
-    await fetch(service.url, "INSERT INTO subscription_types VALUES ('watching', 'Observation')")
+    await pg_fetch(service.url, "INSERT INTO subscription_types VALUES ('watching', 'Observation')")
     flushes = count_flushes(service.store)
     together = [r.version for r in await asyncio.gather(*(service.create("Observation", observation(n))
                                                            for n in range(40)))]
     if service.settings.db_create_batches:
         assert sum(flushes) == 40 and len(flushes) < 40
-    events = await fetch(service.url, "SELECT resource_id, version_id FROM subscription_events")
+    events = await pg_fetch(service.url, "SELECT resource_id, version_id FROM subscription_events")
     assert sorted(events) == sorted((v.id, 1) for v in together)  # one change event per create
     ids = [v.id for v in together]
     assert len(set(ids)) == 40
-    rows = await fetch(service.url, "SELECT id, version_id, patient_key, last_updated, content::text FROM resources"
+    rows = await pg_fetch(service.url, "SELECT id, version_id, patient_key, last_updated, content::text FROM resources"
                                     " WHERE id = ANY($1::text[])", ids)
     assert len(rows) == 40
     by_id = {row["id"]: row for row in rows}
@@ -244,7 +235,7 @@ async def test_creates_together_write_what_creates_alone_write(service):
         assert row["last_updated"] == version.last_updated  # each create keeps the time it arrived at
         assert json.loads(row["content"]) == json.loads(version.content)
         assert json.loads(version.content)["meta"]["lastUpdated"] == version.last_updated_instant
-    history = await fetch(service.url, "SELECT count(*) FROM resource_versions WHERE id = ANY($1::text[])"
+    history = await pg_fetch(service.url, "SELECT count(*) FROM resource_versions WHERE id = ANY($1::text[])"
                                        " AND method = 'POST' AND version_id = 1", ids)
     assert history[0][0] == 40
     # every create has as many index rows as a lone create of the same shape
@@ -254,7 +245,7 @@ async def test_creates_together_write_what_creates_alone_write(service):
                                    base_url="http://x", strict=True)
     assert {v.id for v in page.matches} >= {v.id for n, v in enumerate(together) if n % 3 == 1}
     # written together: fewer transactions than creates (PostgreSQL's xmin is the writing transaction)
-    transactions = await fetch(service.url, "SELECT count(DISTINCT xmin::text) FROM resources"
+    transactions = await pg_fetch(service.url, "SELECT count(DISTINCT xmin::text) FROM resources"
                                             " WHERE id = ANY($1::text[])", ids)
     assert transactions[0][0] == (len(flushes) if service.settings.db_create_batches else 40)
 
@@ -269,9 +260,9 @@ async def test_an_index_row_too_large_fails_its_create_alone(service):
                                    return_exceptions=True)
     assert isinstance(results[2], asyncpg.ProgramLimitExceededError)
     created = [r.version.id for n, r in enumerate(results) if n != 2]
-    rows = await fetch(service.url, "SELECT count(*) FROM resources WHERE id = ANY($1::text[])", created)
+    rows = await pg_fetch(service.url, "SELECT count(*) FROM resources WHERE id = ANY($1::text[])", created)
     assert rows[0][0] == 3
-    assert (await fetch(service.url, "SELECT count(*) FROM resources"))[0][0] == 3
+    assert (await pg_fetch(service.url, "SELECT count(*) FROM resources"))[0][0] == 3
 
 
 async def test_a_taken_id_in_a_batch_fails_alone(service):
@@ -282,11 +273,11 @@ async def test_a_taken_id_in_a_batch_fails_alone(service):
                                    return_exceptions=True)
     assert isinstance(results[1], Conflict)
     assert [r.id for n, r in enumerate(results) if n != 1] == ["new-a", "new-b", "new-c"]
-    rows = await fetch(service.url, "SELECT id, version_id, content::text FROM resources"
+    rows = await pg_fetch(service.url, "SELECT id, version_id, content::text FROM resources"
                                     " WHERE id IN ('taken', 'new-a', 'new-b', 'new-c') ORDER BY id")
     assert [(r["id"], r["version_id"]) for r in rows] == [("new-a", 1), ("new-b", 1), ("new-c", 1), ("taken", 1)]
     assert json.loads(rows[3]["content"]) == json.loads(first.content)
-    history = await fetch(service.url, "SELECT count(*) FROM resource_versions WHERE id = 'taken'")
+    history = await pg_fetch(service.url, "SELECT count(*) FROM resource_versions WHERE id = 'taken'")
     assert history[0][0] == 1
 
 
