@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # Plain creates of one worker arriving together are written in shared statements, at most this many
     # at a time on PostgreSQL, one at a time on SQLite (0: each create its own statement). store/coalesce.py.
     db_create_batches: int = 2
+    # A new PostgreSQL database gets resources, history and search index hash-partitioned by patient, this
+    # many partitions a table: the layout a Citus deployment distributes (store/distribution.py). 0: plain.
+    db_partitions: int = 0
     max_body_bytes: int = 16 * 1024 * 1024
     # A database statement running longer is cancelled and the request answered 503 (0: no limit).
     query_timeout_s: float = 60

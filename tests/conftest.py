@@ -24,6 +24,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pgcluster import find_bindir, free_port, postgres_cluster  # noqa: E402
 
 BACKENDS = ["sqlite", "postgresql"]
+# PostgreSQL with resources, history and search index hash-partitioned by patient (FHIR_DB_PARTITIONS): the
+# distributed layout (store/distribution.py). A module runs on it too with `pytestmark = on_every_layout(...)`.
+PARTITIONED = "postgresql-partitioned"
+LAYOUTS = [*BACKENDS, PARTITIONED]
+
+
+def on_every_layout(fixture: str, scope: str = "module"):
+    """Parametrize a server fixture (`server`, `fresh_server`, ...) over both backends and the partitioned
+    layout, for a module whose behaviour must not depend on how the tables are laid out."""
+    return pytest.mark.parametrize(fixture, LAYOUTS, indirect=True, scope=scope)
 
 
 class RunningServer:
@@ -100,7 +110,10 @@ def server(request) -> Iterator[RunningServer]:
     env = {"FHIR_DATABASE_URL": "", "FHIR_ECG_REFERRAL_ORGANIZATION": ECG_CENTRE}
     if request.param == "postgresql":
         env["FHIR_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    elif request.param == PARTITIONED:
+        env.update(_fresh_database_env(request))
     running = start_server(env)
+    running.database_url = env["FHIR_DATABASE_URL"]
     yield running
     stop_server(running)
 
@@ -108,11 +121,13 @@ def server(request) -> Iterator[RunningServer]:
 def _fresh_database_env(request, backend: str | None = None) -> dict[str, str]:
     """Environment for a server with an empty database of its own on the backend (default: the param)."""
     env = {"FHIR_DATABASE_URL": ""}
-    if (backend or request.param) == "postgresql":
+    if (backend or request.param) in ("postgresql", PARTITIONED):
         base = request.getfixturevalue("postgres_url")
         name = f"fhir_{uuid.uuid4().hex[:12]}"
         asyncio.run(_create_database(base, name))
         env["FHIR_DATABASE_URL"] = base.rsplit("/", 1)[0] + f"/{name}"
+    if (backend or request.param) == PARTITIONED:
+        env["FHIR_DB_PARTITIONS"] = "4"
     return env
 
 

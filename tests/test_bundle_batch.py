@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from conftest import on_every_layout
 from write_data import SYS, new_patient, uid
+
+pytestmark = on_every_layout("server", scope="session")
 
 
 def entry(method: str, url: str, resource: dict | None = None, **request) -> dict:

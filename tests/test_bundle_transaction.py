@@ -16,8 +16,10 @@ import uuid
 
 import httpx
 import pytest
-from conftest import newest_history_entry
+from conftest import newest_history_entry, on_every_layout
 from write_data import SYS, ident, new_patient, uid
+
+pytestmark = on_every_layout("server", scope="session")
 
 LOINC = "http://loinc.org"
 

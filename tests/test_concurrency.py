@@ -6,6 +6,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from conftest import on_every_layout
+
+pytestmark = on_every_layout("server", scope="session")
 
 
 def _put(base: str, path: str, body: dict, headers: dict | None = None) -> httpx.Response:

@@ -7,8 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import newest_history_entry
+from conftest import newest_history_entry, on_every_layout
 from write_data import SYS, new_patient, uid
+
+pytestmark = on_every_layout("server", scope="session")
 
 
 def criteria(value: str) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from conftest import newest_history_entry
+from conftest import newest_history_entry, on_every_layout
+
+pytestmark = on_every_layout("server", scope="session")
 
 
 def bp_observation(patient: str = "Patient/p1", systolic: int = 120) -> dict:

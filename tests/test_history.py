@@ -6,7 +6,10 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+from conftest import on_every_layout
 from httpx import QueryParams
+
+pytestmark = on_every_layout("server", scope="session")
 
 
 def _new_type_resources(client, n: int) -> tuple[str, list[str]]:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import newest_history_entry
+from conftest import newest_history_entry, on_every_layout
 from write_data import uid
+
+pytestmark = on_every_layout("server", scope="session")
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 FHIR = {"Content-Type": "application/fhir+json"}

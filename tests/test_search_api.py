@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import on_every_layout
 from search_data import (
     LOINC,
     concept,
@@ -23,6 +24,8 @@ from search_data import (
     put_all,
     search,
 )
+
+pytestmark = on_every_layout("fresh_server")
 
 STRICT = {"Prefer": "handling=strict"}
 HR = concept(LOINC, "8867-4", "Heart rate")

@@ -4,7 +4,10 @@ default, `:below`, `:above`, `:missing`)."""
 from __future__ import annotations
 
 import pytest
+from conftest import on_every_layout
 from search_data import LOINC, UCUM, concept, ids, observation, put_all
+
+pytestmark = on_every_layout("fresh_server")
 
 SYSTOLIC = concept(LOINC, "8480-6", "Systolic blood pressure")
 DIASTOLIC = concept(LOINC, "8462-4", "Diastolic blood pressure")

@@ -15,7 +15,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from conftest import on_every_layout
 from search_data import ids, observation, patient, put_all
+
+pytestmark = on_every_layout("fresh_server")
 
 PATIENTS = [
     patient("b-1950", "Birth", birthDate="1950-03-03"),

@@ -5,7 +5,10 @@ prefixes, the implicit precision of the search value (0.8 means [0.75, 0.85)), a
 from __future__ import annotations
 
 import pytest
+from conftest import on_every_layout
 from search_data import LOINC, UCUM, concept, ids, observation, patient, put_all
+
+pytestmark = on_every_layout("fresh_server")
 
 RISKS = {"ra-02": 0.2, "ra-05": 0.5, "ra-078": 0.78, "ra-080": 0.80, "ra-085": 0.85}
 

@@ -5,7 +5,10 @@ A module of its own, so that a server without normalisation fails only here."""
 from __future__ import annotations
 
 import pytest
+from conftest import on_every_layout
 from search_data import LOINC, UCUM, concept, ids, observation, put_all
+
+pytestmark = on_every_layout("fresh_server")
 
 GLUCOSE = concept(LOINC, "2339-0", "Glucose [Mass/volume] in Blood")
 

@@ -4,6 +4,7 @@ patient compartment search."""
 from __future__ import annotations
 
 import pytest
+from conftest import on_every_layout
 from search_data import (
     LOINC,
     base_of,
@@ -19,6 +20,8 @@ from search_data import (
     ref,
     search,
 )
+
+pytestmark = on_every_layout("fresh_server")
 
 SYSTOLIC = concept(LOINC, "8480-6", "Systolic blood pressure")
 GLUCOSE = concept(LOINC, "2339-0", "Glucose [Mass/volume] in Blood")

@@ -4,6 +4,7 @@ _summary (true, data, text, count, false) and _elements."""
 from __future__ import annotations
 
 import pytest
+from conftest import on_every_layout
 from search_data import (
     SUBSETTED,
     concept,
@@ -21,6 +22,8 @@ from search_data import (
     put_all,
     search,
 )
+
+pytestmark = on_every_layout("fresh_server")
 
 SORT = [
     patient("s-1", "Alpha", birthDate="1980-01-01"),

@@ -7,7 +7,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import on_every_layout
 from search_data import ids, narrative, patient, put_all
+
+pytestmark = on_every_layout("fresh_server")
 
 TAGS = "http://alliance.example/tags"
 OTHER_TAGS = "http://other.example/tags"

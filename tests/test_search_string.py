@@ -5,7 +5,10 @@ at the START of the value (not of any word); `:exact` is the whole string, case 
 from __future__ import annotations
 
 import pytest
+from conftest import on_every_layout
 from search_data import ids, organization, patient, put_all
+
+pytestmark = on_every_layout("fresh_server")
 
 PATIENTS = [
     patient("p-wang", "Wang", ["Li", "Na"], address=[{"city": "Beijing"}]),

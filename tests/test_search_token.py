@@ -4,7 +4,10 @@ bare code; the modifiers `:not`, `:text`, `:of-type`, `:missing`; OR with commas
 from __future__ import annotations
 
 import pytest
+from conftest import on_every_layout
 from search_data import LOINC, V2_0203, concept, ids, observation, patient, put_all
+
+pytestmark = on_every_layout("fresh_server")
 
 MRN = "http://alliance.example/mrn"
 NHID = "http://alliance.example/nhid"

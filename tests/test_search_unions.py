@@ -142,11 +142,11 @@ async def test_migration_drops_the_unions_own_rows(tmp_path):
         for table, param in (("search_token", "combo-code"), ("search_token", "code"),
                              ("search_quantity", "combo-value-quantity"),
                              ("search_composite", "combo-code-value-quantity")):
-            await conn.execute(text(f"INSERT INTO {table} (res_pk, resource_type, param) "
-                                    f"VALUES (1, 'Observation', '{param}')"
+            await conn.execute(text(f"INSERT INTO {table} (res_pk, resource_type, param, shard_key) "
+                                    f"VALUES (1, 'Observation', '{param}', 0)"
                                     if table != "search_quantity" else
-                                    f"INSERT INTO {table} (res_pk, resource_type, param, value) "
-                                    f"VALUES (1, 'Observation', '{param}', 1)"))
+                                    f"INSERT INTO {table} (res_pk, resource_type, param, shard_key, value) "
+                                    f"VALUES (1, 'Observation', '{param}', 0, 1)"))
         await step.apply(conn)
         left = (await conn.execute(text("SELECT param FROM search_token UNION ALL SELECT param FROM "
                                         "search_quantity UNION ALL SELECT param FROM search_composite"))).scalars()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-from conftest import newest_history_entry
+from conftest import newest_history_entry, on_every_layout
+
+pytestmark = on_every_layout("server", scope="session")
 
 
 def _patient(client, **extra) -> dict:

@@ -178,9 +178,12 @@ def database_url(request) -> str:
     return _fresh_database_env(request, "postgresql")["FHIR_DATABASE_URL"]
 
 
-@pytest.fixture(params=[0, 1, 2], ids=lambda n: f"batches={n}")
+# (FHIR_DB_CREATE_BATCHES, FHIR_DB_PARTITIONS): partitioned, a batch also locks and looks for its ids first
+@pytest.fixture(params=[(0, 0), (1, 0), (2, 0), (0, 4), (2, 4)], ids=lambda p: f"batches={p[0]},partitions={p[1]}")
 async def service(request, database_url):
-    settings = Settings(database_url=database_url, db_create_batches=request.param, terminology_load=False)
+    batches, partitions = request.param
+    settings = Settings(database_url=database_url, db_create_batches=batches, db_partitions=partitions,
+                        terminology_load=False)
     store = open_store(settings)
     await store.migrate()
     service = ResourceService(store, settings)

@@ -1,7 +1,8 @@
-"""The patient-compartment key stored on every row (the distribution column for Citus)."""
+"""The patient-compartment key stored on every row, and the distribution value derived from it."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 # Elements that name the patient a resource is about, in order of preference. Search-parameter based
@@ -19,3 +20,12 @@ def patient_key(resource_type: str, resource_id: str, resource: dict[str, Any]) 
             if isinstance(reference, str) and reference.startswith("Patient/"):
                 return reference.removeprefix("Patient/").split("/", 1)[0][:64] or None
     return None
+
+
+def shard_key(resource_type: str, resource_id: str, patient: str | None) -> int:
+    """The distribution value of a resource's rows (resources, history, search index): a stable 64-bit
+    hash of its patient's reference, so that a patient's whole record shares one value and lands on one
+    shard (one partition); a resource outside every record hashes its own reference. Changing this
+    function misplaces every stored row: it is fixed."""
+    reference = f"Patient/{patient}" if patient is not None else f"{resource_type}/{resource_id}"
+    return int.from_bytes(hashlib.blake2b(reference.encode(), digest_size=8).digest(), "big", signed=True)

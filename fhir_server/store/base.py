@@ -79,8 +79,9 @@ class StoreTransaction(ABC):
         """Bulk create of (type, id, resource, patient_key, index) in this transaction."""
 
     @abstractmethod
-    async def replace_index(self, pk: int, resource_type: str, index: Any) -> None:
-        """Rewrite the search index rows of one resource (re-indexing after a parameter change)."""
+    async def replace_index(self, pk: int, key: int, resource_type: str, index: Any) -> None:
+        """Rewrite the search index rows of one resource, the row `pk` with shard_key `key` (re-indexing
+        after a parameter change)."""
 
     @abstractmethod
     async def track_subscription(self, subscription_id: str, resource_type: str | None) -> None:
@@ -117,8 +118,9 @@ class ResourceStore(ABC):
                       cursor: int | None = None) -> HistoryPage: ...
 
     @abstractmethod
-    async def scan(self, resource_types: list[str], after_pk: int, limit: int) -> list[tuple[int, str, str, str]]:
-        """(pk, type, id, JSON) of current resources after a pk, in pk order."""
+    async def scan(self, resource_types: list[str], after_pk: int,
+                   limit: int) -> list[tuple[int, int, str, str, str]]:
+        """(pk, shard_key, type, id, JSON) of current resources after a pk, in pk order."""
 
     @abstractmethod
     async def search(self, query: Any, extra: list[Any] | None = None) -> Any:

@@ -3,13 +3,21 @@ starting together migrate once. Append new steps; never edit a step that has shi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import schema
+from ..model.compartment import shard_key
+from . import distribution, schema
+
+log = logging.getLogger(__name__)
+
+# FHIR_DB_PARTITIONS of the migrate() call running: what a new database is created with.
+_partitions: ContextVar[int] = ContextVar("partitions", default=0)
 
 
 @dataclass(frozen=True)
@@ -19,13 +27,23 @@ class Migration:
     apply: Callable[[AsyncConnection], Awaitable[None]]
 
 
+async def _create(conn: AsyncConnection, tables: list) -> None:
+    """New tables as schema.py defines them now; a new PostgreSQL database asked to be partitioned
+    (FHIR_DB_PARTITIONS) gets the distributed layout of those that have one (distribution.py)."""
+    partitions = _partitions.get() if conn.dialect.name == "postgresql" else 0
+    if partitions:
+        await distribution.create_partitioned(conn, tables, partitions)
+    else:
+        await conn.run_sync(schema.metadata.create_all, tables=tables)
+
+
 async def _v1_resources(conn: AsyncConnection) -> None:
-    # Tables exactly as schema.py defines them at version 1; later changes come as new steps (ALTER).
-    await conn.run_sync(schema.metadata.create_all, tables=[schema.resources, schema.resource_versions])
+    # Tables as schema.py defines them now; later changes come as new steps that skip what exists (ALTER).
+    await _create(conn, [schema.resources, schema.resource_versions])
 
 
 async def _v2_search_index(conn: AsyncConnection) -> None:
-    await conn.run_sync(schema.metadata.create_all, tables=list(schema.SEARCH_TABLES.values()))
+    await _create(conn, list(schema.SEARCH_TABLES.values()))
 
 
 async def _v3_date_ranges(conn: AsyncConnection) -> None:
@@ -69,6 +87,53 @@ async def _v9_union_rows(conn: AsyncConnection) -> None:
                                 f"({', '.join(repr(c) for c in codes)})"))
 
 
+async def _v10_shard_key(conn: AsyncConnection) -> None:
+    """shard_key (model/compartment.py) on every row of resources, history and search index, computed
+    for the rows already there. A database created since has the column from step 1."""
+    tables = [schema.resources, schema.resource_versions, *schema.SEARCH_TABLES.values()]
+    missing = [t for t in tables if "shard_key" not in await _columns(conn, t.name)]
+    if not missing:
+        return
+    for table in missing:
+        await conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN shard_key BIGINT NOT NULL DEFAULT 0"))
+    names = {t.name for t in missing}
+    for table, key in ((schema.resources, "pk"), (schema.resource_versions, "seq")):
+        if table.name in names:
+            await _compute_shard_keys(conn, table, key)
+    for table in missing:
+        if table.name.startswith("search_"):
+            await conn.execute(text(f"UPDATE {table.name} SET shard_key = (SELECT r.shard_key FROM resources r"
+                                    f" WHERE r.pk = {table.name}.res_pk)"))
+        if conn.dialect.name == "postgresql":  # SQLite cannot drop a column default; no writer relies on it
+            await conn.execute(text(f"ALTER TABLE {table.name} ALTER COLUMN shard_key DROP DEFAULT"))
+
+
+async def _columns(conn: AsyncConnection, table: str) -> set[str]:
+    # Not SQLAlchemy's inspector: it parses JSON that the engines' identity deserialiser leaves as text.
+    if conn.dialect.name == "postgresql":
+        sql = text("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+                   " AND table_name = :t")
+        return set((await conn.execute(sql, {"t": table})).scalars())
+    return {row[1] for row in (await conn.execute(text(f"PRAGMA table_info({table})"))).all()}
+
+
+async def _compute_shard_keys(conn: AsyncConnection, table, key: str, batch: int = 5000) -> None:
+    """Python computes the hash (no SQL function matches it on both backends), a batch at a time."""
+    column = table.c[key]
+    statement = (table.update().where(column == bindparam("row_key"))
+                 .values(shard_key=bindparam("new_key")))
+    after, done = -1, 0
+    while True:
+        rows = (await conn.execute(select(column, table.c.resource_type, table.c.id, table.c.patient_key)
+                                   .where(column > after).order_by(column).limit(batch))).all()
+        if not rows:
+            break
+        await conn.execute(statement, [{"row_key": row[0], "new_key": shard_key(row[1], row[2], row[3])}
+                                       for row in rows])
+        after, done = rows[-1][0], done + len(rows)
+    log.info("shard_key computed", extra={"table": table.name, "rows": done})
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "resources and resource_versions", _v1_resources),
     Migration(2, "search index tables", _v2_search_index),
@@ -78,6 +143,7 @@ MIGRATIONS: list[Migration] = [
     Migration(6, "subscription outbox and deliveries", _v6_subscriptions),
     Migration(7, "bulk $export/$import jobs", _v7_bulk_jobs),
     Migration(9, "Observation combo-* search rows read from their parts", _v9_union_rows),
+    Migration(10, "shard_key (distribution value) on resources, history and search index rows", _v10_shard_key),
 ]
 
 LATEST_VERSION = max(step.version for step in MIGRATIONS)
@@ -88,8 +154,10 @@ async def applied_versions(conn: AsyncConnection) -> set[int]:
     return set((await conn.execute(select(schema.schema_migrations.c.version))).scalars())
 
 
-async def migrate(conn: AsyncConnection) -> list[int]:
-    """Apply the missing steps inside the caller's (locked) transaction; return what was applied."""
+async def migrate(conn: AsyncConnection, *, partitions: int = 0) -> list[int]:
+    """Apply the missing steps inside the caller's (locked) transaction; return what was applied.
+    partitions > 0: a new PostgreSQL database gets the partitioned (distributed) layout."""
+    _partitions.set(partitions)
     done = await applied_versions(conn)
     applied = []
     for step in MIGRATIONS:

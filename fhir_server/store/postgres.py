@@ -17,12 +17,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ..model.compartment import shard_key
 from ..model.outcome import Conflict
 from ..search.extract import IndexRows
 from ..settings import Settings
 from .base import ResourceVersion
 from .coalesce import BATCH_MAX_CHARS, Coalescer
-from .schema import SEARCH_TABLES
+from .schema import SEARCH_TABLES, value_columns
 from .sql import SqlResourceStore, identity_json, now_ms, stamp
 
 log = logging.getLogger("fhir_server.store")
@@ -91,7 +92,7 @@ def _pg_type(column) -> str:
 
 
 # Keys of an index row as JSON (param, then the value columns); plain str for orjson.
-_ROW_KEYS = {name: ["param", *[str(c.name) for c in table.columns][3:]] for name, table in SEARCH_TABLES.items()}
+_ROW_KEYS = {name: ["param", *[str(c.name) for c in value_columns(table)]] for name, table in SEARCH_TABLES.items()}
 
 
 # A change event for the subscriptions, recorded only when some subscription watches the type.
@@ -101,30 +102,33 @@ _EVENT_CTE = ("e AS (INSERT INTO subscription_events (resource_type, resource_id
 
 
 @lru_cache(maxsize=512)
-def _write_statement(insert: bool, tables: frozenset[str], event: bool = True):
+def _write_statement(insert: bool, tables: frozenset[str], event: bool = True, keep_pk: bool = False):
     """One statement that writes a version: resources row, old index rows out, new ones in, history row.
-    All CTEs see the same snapshot, so the DELETEs cannot remove the rows this statement inserts."""
+    All CTEs see the same snapshot, so the DELETEs cannot remove the rows this statement inserts.
+    keep_pk: the insert reuses the pk of a row just deleted (a resource moved to another shard_key)."""
     if insert:
-        first = ("w AS (INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, patient_key,"
-                 " content) VALUES (:resource_type, :id, :version_id, :last_updated, :deleted, :patient_key,"
-                 " CAST(:content AS jsonb)) ON CONFLICT DO NOTHING RETURNING pk)")
+        pk = ("pk, ", ":pk, ") if keep_pk else ("", "")
+        first = (f"w AS (INSERT INTO resources ({pk[0]}resource_type, id, version_id, last_updated, deleted,"
+                 f" patient_key, content, shard_key) VALUES ({pk[1]}:resource_type, :id, :version_id, :last_updated,"
+                 " :deleted, :patient_key, CAST(:content AS jsonb), :shard_key) ON CONFLICT DO NOTHING RETURNING pk)")
     else:
         first = ("w AS (UPDATE resources SET version_id = :version_id, last_updated = :last_updated,"
-                 " deleted = :deleted, patient_key = :patient_key, content = CAST(:content AS jsonb)"
-                 " WHERE pk = :pk RETURNING pk)")
+                 " deleted = :deleted, patient_key = :patient_key, content = CAST(:content AS jsonb),"
+                 " shard_key = :shard_key WHERE shard_key = :old_shard_key AND pk = :pk RETURNING pk)")
     ctes = [first]
     if not insert:
         ctes += [f"d_{name} AS (DELETE FROM {table.name} WHERE res_pk = :pk)" for name, table in SEARCH_TABLES.items()]
     for name in sorted(tables):
         table = SEARCH_TABLES[name]
-        columns = [c.name for c in table.columns][3:]
-        record = ", ".join(f'"{c.name}" {_pg_type(c)}' for c in table.columns[3:])
-        ctes.append(f"i_{name} AS (INSERT INTO {table.name} (res_pk, resource_type, param, {', '.join(columns)})"
-                    f" SELECT w.pk, :resource_type, x.param, {', '.join('x.' + c for c in columns)}"
+        columns = [c.name for c in value_columns(table)]
+        record = ", ".join(f'"{c.name}" {_pg_type(c)}' for c in value_columns(table))
+        ctes.append(f"i_{name} AS (INSERT INTO {table.name} (res_pk, shard_key, resource_type, param,"
+                    f" {', '.join(columns)}) SELECT w.pk, :shard_key, :resource_type, x.param,"
+                    f" {', '.join('x.' + c for c in columns)}"
                     f" FROM w, jsonb_to_recordset(CAST(:rows_{name} AS jsonb)) AS x(param text, {record}))")
     ctes.append("h AS (INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method,"
-                " patient_key, content) SELECT :resource_type, :id, :version_id, :last_updated, :method,"
-                " :patient_key, CAST(:content AS jsonb) FROM w)")
+                " patient_key, content, shard_key) SELECT :resource_type, :id, :version_id, :last_updated, :method,"
+                " :patient_key, CAST(:content AS jsonb), :shard_key FROM w)")
     if event:
         ctes.append(_EVENT_CTE)
     return text("WITH " + ",\n".join(ctes) + " SELECT pk FROM w")
@@ -133,27 +137,27 @@ def _write_statement(insert: bool, tables: frozenset[str], event: bool = True):
 @lru_cache(maxsize=64)
 def _bulk_create_statement(tables: frozenset[str]) -> str:
     """New resources, their history rows and every index row in one statement over column arrays
-    ($1..$6 the resources; then per index table the resource's position and the row's columns)."""
+    ($1..$7 the resources; then per index table the resource's position and the row's columns)."""
     ctes = [
         "x AS MATERIALIZED (SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[],"
-        " $6::timestamptz[]) AS x(n, t, i, k, c, u))",
-        "r AS (INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, patient_key, content)"
-        " SELECT t, i, 1, u, false, k, c::jsonb FROM x ORDER BY n RETURNING pk, resource_type, id)",
+        " $6::timestamptz[], $7::bigint[]) AS x(n, t, i, k, c, u, s))",
+        "r AS (INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, patient_key, content,"
+        " shard_key) SELECT t, i, 1, u, false, k, c::jsonb, s FROM x ORDER BY n RETURNING pk, resource_type, id)",
         "h AS (INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method, patient_key,"
-        " content) SELECT t, i, 1, u, 'POST', k, c::jsonb FROM x ORDER BY n)",
-        "m AS (SELECT r.pk, x.n, x.t FROM r JOIN x ON x.t = r.resource_type AND x.i = r.id)",
+        " content, shard_key) SELECT t, i, 1, u, 'POST', k, c::jsonb, s FROM x ORDER BY n)",
+        "m AS (SELECT r.pk, x.n, x.t, x.s FROM r JOIN x ON x.t = r.resource_type AND x.i = r.id)",
         "e AS (INSERT INTO subscription_events (resource_type, resource_id, version_id)"
         " SELECT t, i, 1 FROM x WHERE t IN (SELECT resource_type FROM subscription_types) ORDER BY n)",
     ]
-    number = 7
+    number = 8
     for name in sorted(tables):
         table = SEARCH_TABLES[name]
-        columns = [c.name for c in table.columns][3:]
+        columns = [c.name for c in value_columns(table)]
         arrays = [f"${number}::int[]", f"${number + 1}::text[]"]
-        arrays += [f"${number + 2 + k}::{_pg_type(c)}[]" for k, c in enumerate(table.columns[3:])]
+        arrays += [f"${number + 2 + k}::{_pg_type(c)}[]" for k, c in enumerate(value_columns(table))]
         number += 2 + len(columns)
-        ctes.append(f"i_{name} AS (INSERT INTO {table.name} (res_pk, resource_type, param, {', '.join(columns)})"
-                    f" SELECT m.pk, m.t, y.param, {', '.join('y.' + c for c in columns)}"
+        ctes.append(f"i_{name} AS (INSERT INTO {table.name} (res_pk, shard_key, resource_type, param,"
+                    f" {', '.join(columns)}) SELECT m.pk, m.s, m.t, y.param, {', '.join('y.' + c for c in columns)}"
                     f" FROM unnest({', '.join(arrays)}) AS y(n, param, {', '.join(columns)}) JOIN m ON m.n = y.n)")
     return "WITH " + ",\n".join(ctes) + " SELECT count(*) FROM r"
 
@@ -164,7 +168,8 @@ def _bulk_create(rows: list[tuple[ResourceVersion, str | None, IndexRows | None]
     tables = frozenset(name for name in SEARCH_TABLES if any(index is not None and getattr(index, name)
                                                              for _, _, index in rows))
     args: list = [list(range(len(rows))), [v.resource_type for v, _, _ in rows], [v.id for v, _, _ in rows],
-                  [key for _, key, _ in rows], [v.content for v, _, _ in rows], [v.last_updated for v, _, _ in rows]]
+                  [key for _, key, _ in rows], [v.content for v, _, _ in rows], [v.last_updated for v, _, _ in rows],
+                  [shard_key(v.resource_type, v.id, key) for v, key, _ in rows]]
     for name in sorted(tables):
         width = len(_ROW_KEYS[name])
         positions: list[int] = []
@@ -185,6 +190,22 @@ def _depends_on_data(error: BaseException) -> bool:
     system error (58), which a lone write would have met just the same."""
     return isinstance(error, asyncpg.PostgresError) and str(error.sqlstate)[:2] not in ("08", "53", "57", "58")
 
+
+def _retry_alone(error: BaseException) -> bool:
+    """A batch failure that one item may have caused: see _depends_on_data; or, partitioned, an id taken."""
+    return isinstance(error, Conflict) or _depends_on_data(error)
+
+
+def lock_digest(key: str) -> int:
+    """The advisory lock (a signed 64-bit number) that stands for a key."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+# Partitioned layout: the advisory locks of new ids (sorted: two batches never wait on each other in a
+# circle), then whether any of them is stored already.
+_LOCK_IDS = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
+_TAKEN_ID = ("SELECT r.resource_type || '/' || r.id FROM resources r JOIN unnest($1::text[], $2::text[]) AS n(t, i)"
+             " ON r.resource_type = n.t AND r.id = n.i LIMIT 1")
 
 _READ_SQL = ("SELECT version_id, last_updated, deleted, content::text FROM resources"
              " WHERE resource_type = $1 AND id = $2")
@@ -255,32 +276,51 @@ class PostgresResourceStore(SqlResourceStore):
     async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):
         """A plain create is one atomic statement, run on its own (autocommit) through asyncpg, without
         BEGIN/COMMIT round trips or the SQLAlchemy layers; creates that arrive together share one."""
+        if self.claim_ids is None:
+            await self.learn_layout()
         ts = now_ms()
         version = ResourceVersion(resource_type, resource_id, 1, ts, False, stamp(resource, resource_id, 1, ts),
                                   "POST")
         if self._creates is None:
-            return await self._create_one(await self._pool(write=True), version, patient_key, index)
+            return (await self._write_creates([(version, patient_key, index)]))[0]
         return await self._creates.submit((version, patient_key, index))
 
     async def _write_creates(self, batch: list[tuple]) -> list[ResourceVersion]:
         pool = await self._pool(write=True)
+        if not self.claim_ids:
+            return await self._insert_creates(pool, batch)
+        # Partitioned: no unique key spans the partitions. The ids are locked, then looked for, then written,
+        # in one transaction (the look must come after the locks, in a statement of its own, to see a
+        # concurrent writer's commit).
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(_LOCK_IDS, sorted({lock_digest(f"id {v.resource_type}/{v.id}") for v, _, _ in batch}))
+            taken = await conn.fetchval(_TAKEN_ID, [v.resource_type for v, _, _ in batch], [v.id for v, _, _ in batch])
+            if taken is not None:
+                raise Conflict(f"{taken} already exists")
+            return await self._insert_creates(conn, batch)
+
+    @classmethod
+    async def _insert_creates(cls, conn: asyncpg.Pool | asyncpg.Connection,
+                              batch: list[tuple]) -> list[ResourceVersion]:
         if len(batch) == 1:
-            return [await self._create_one(pool, *batch[0])]
+            return [await cls._create_one(conn, *batch[0])]
         sql, args = _bulk_create(batch)
-        await pool.fetchval(sql, *args)
+        await conn.fetchval(sql, *args)
         return [version for version, _, _ in batch]
 
     @staticmethod
-    async def _create_one(pool: asyncpg.Pool, version: ResourceVersion, patient_key, index) -> ResourceVersion:
+    async def _create_one(conn: asyncpg.Pool | asyncpg.Connection, version: ResourceVersion, patient_key,
+                          index) -> ResourceVersion:
         tables = frozenset(name for name in SEARCH_TABLES if index is not None and getattr(index, name))
         sql, names = _create_statement(tables)
         params = {"resource_type": version.resource_type, "id": version.id, "version_id": 1,
                   "last_updated": version.last_updated, "deleted": False, "patient_key": patient_key,
-                  "content": version.content, "method": "POST"}
+                  "content": version.content, "method": "POST",
+                  "shard_key": shard_key(version.resource_type, version.id, patient_key)}
         for name in tables:
             params[f"rows_{name}"] = orjson.dumps([dict(zip(_ROW_KEYS[name], row, strict=True))
                                                   for row in getattr(index, name)]).decode()
-        if await pool.fetchval(sql, *(params[n] for n in names)) is None:
+        if await conn.fetchval(sql, *(params[n] for n in names)) is None:
             raise Conflict(f"{version.resource_type}/{version.id} already exists")
         return version
 
@@ -292,15 +332,16 @@ class PostgresResourceStore(SqlResourceStore):
         self._read_pool = self._write_pool = None
         await super().close()
 
-    async def write_version(self, tx, pk, resource_type, resource_id, method, values, index):
+    async def write_version(self, tx, pk, resource_type, resource_id, method, values, index, *, old_key=None):
         """The whole version in one round trip (instead of one per table)."""
         tables = frozenset(name for name in SEARCH_TABLES if index is not None and getattr(index, name))
-        params = {**values, "resource_type": resource_type, "id": resource_id, "method": method, "pk": pk}
+        params = {"pk": pk, **values, "resource_type": resource_type, "id": resource_id, "method": method,
+                  "old_shard_key": old_key}
         for name in tables:
             columns = _ROW_KEYS[name]
             params[f"rows_{name}"] = orjson.dumps([dict(zip(columns, row, strict=True))
                                                   for row in getattr(index, name)]).decode()
-        statement = _write_statement(pk is None, tables, method != "DELETE")
+        statement = _write_statement(pk is None, tables, method != "DELETE", pk is None and "pk" in values)
         return (await tx.conn.execute(statement, params)).scalar()
 
     async def insert_new(self, tx, versions, items) -> None:
@@ -320,8 +361,7 @@ class PostgresResourceStore(SqlResourceStore):
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
     async def lock_key(self, conn: AsyncConnection, key: str) -> None:
-        digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": digest})
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_digest(key)})
 
     @classmethod
     def open(cls, settings: Settings) -> PostgresResourceStore:
@@ -336,8 +376,9 @@ class PostgresResourceStore(SqlResourceStore):
         if read is not None:
             store._write_dsn = write.url.set(drivername="postgresql").render_as_string(hide_password=False)
         store._pool_size = settings.db_pool_size
+        store.partitions = settings.db_partitions
         if settings.db_create_batches > 0:
-            store._creates = Coalescer(store._write_creates, retry_alone=_depends_on_data,
+            store._creates = Coalescer(store._write_creates, retry_alone=_retry_alone,
                                        in_flight=settings.db_create_batches, weigh=lambda item: len(item[0].content),
                                        max_weight=BATCH_MAX_CHARS)
         store._server_settings = {"jit": "off", **_timeout(settings)}
@@ -345,6 +386,9 @@ class PostgresResourceStore(SqlResourceStore):
 
     async def migrate(self) -> list[int]:
         applied = await super().migrate()
+        if self.partitions and not self.claim_ids:
+            log.warning("FHIR_DB_PARTITIONS is set but this database was created with plain tables: it keeps them "
+                        "(the layout is chosen when a database is created)")
         if self.read_engine is not self.write_engine:
             async with self.write_engine.connect() as conn:
                 standbys = (await conn.execute(text("SHOW synchronous_standby_names"))).scalar()

@@ -67,9 +67,13 @@ resources = Table(
     Column("version_id", Integer, nullable=False),
     Column("last_updated", UtcDateTime, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
-    # Patient-compartment key: the distribution column for a sharded (Citus) deployment.
+    # Patient-compartment key: the id of the Patient whose record this is (NULL outside every record).
     Column("patient_key", String(64), nullable=True),
     Column("content", JsonDocument, nullable=True),
+    # Distribution value (model/compartment.py shard_key): a hash of the patient, shared by the resource's
+    # index rows; in the partitioned layout, the partition (shard) a row lives in, and there never updated
+    # in place: a resource that moves to another patient is deleted and inserted again (distribution.py).
+    Column("shard_key", BigInteger, nullable=False),
     UniqueConstraint("resource_type", "id", name="uq_resources_type_id"),
 )
 
@@ -85,6 +89,7 @@ resource_versions = Table(
     Column("method", String(8), nullable=False),
     Column("patient_key", String(64), nullable=True),
     Column("content", JsonDocument, nullable=True),
+    Column("shard_key", BigInteger, nullable=False),
     UniqueConstraint("resource_type", "id", "version_id", name="uq_resource_versions_version"),
     Index("ix_resource_versions_type_seq", "resource_type", "seq"),
     Index("ix_resource_versions_last_updated", "last_updated"),
@@ -97,12 +102,17 @@ SearchText = String(200).with_variant(String(200, collation="C"), "postgresql")
 UriText = String(1000).with_variant(String(1000, collation="C"), "postgresql")
 
 
+# The leading columns of every index table; the value columns follow (see value_columns).
+INDEX_KEY_COLUMNS = ("res_pk", "resource_type", "param", "shard_key")
+
+
 def _index_table(name: str, *columns: Column, indexes: list[tuple[str, ...]]) -> Table:
     return Table(
         name, metadata,
         Column("res_pk", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
         Column("resource_type", String(64), nullable=False),
         Column("param", String(100), nullable=False),
+        Column("shard_key", BigInteger, nullable=False),  # the resource's (colocation)
         *columns,
         Index(f"ix_{name}_res_pk", "res_pk"),
         *(Index(f"ix_{name}_{'_'.join(cols)}", "resource_type", "param", *cols, "res_pk") for cols in indexes),
@@ -131,6 +141,11 @@ search_composite = _index_table(
     Column("c2_code", SearchText), Column("c2_low", Float), Column("c2_high", Float),
     Column("c2_canon_code", SearchText), Column("c2_canon_value", Float),
     indexes=[("c1_code", "c2_code", "c2_low"), ("c1_code", "c2_canon_code", "c2_canon_value")])
+
+def value_columns(table: Table) -> list[Column]:
+    """An index table's value columns, in the order of the IndexRows tuples after the param code."""
+    return list(table.columns)[len(INDEX_KEY_COLUMNS):]
+
 
 SEARCH_TABLES = {
     "token": search_token, "string": search_string, "date": search_date, "number": search_number,

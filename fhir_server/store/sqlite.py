@@ -65,6 +65,7 @@ def _interrupt_slow_statements(engine: AsyncEngine, timeout_s: float) -> None:
 
 class SqliteResourceStore(SqlResourceStore):
     backend = "sqlite"
+    claim_ids = False  # one table each, unique keys on (type, id)
     _creates: Coalescer[tuple, ResourceVersion] | None = None  # plain creates written together (open())
 
     async def create(self, resource_type, resource_id, resource, patient_key=None, index=None):

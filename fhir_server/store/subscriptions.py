@@ -155,15 +155,16 @@ async def search_as_version(tx: SqlTransaction, queries: list, version: Resource
     """Does an older version of a resource match each search? Its index rows stand in for the current
     ones inside a savepoint that is rolled back, so the same SQL searches judge it."""
     conn = tx.conn
-    pk = (await conn.execute(select(res.c.pk).where(res.c.resource_type == version.resource_type,
-                                                    res.c.id == version.id))).scalar()
-    if pk is None:
+    row = (await conn.execute(select(res.c.pk, res.c.shard_key).where(res.c.resource_type == version.resource_type,
+                                                                      res.c.id == version.id))).first()
+    if row is None:
         return [False] * len(queries)
+    pk, key = row
     savepoint = await conn.begin_nested()
     try:
-        await conn.execute(update(res).where(res.c.pk == pk).values(
+        await conn.execute(update(res).where(res.c.shard_key == key, res.c.pk == pk).values(
             version_id=version.version_id, last_updated=version.last_updated, deleted=False))
-        await tx.replace_index(pk, version.resource_type, index)
+        await tx.replace_index(pk, key, version.resource_type, index)
         return [bool((await tx.search(query)).matches) for query in queries]
     finally:
         await savepoint.rollback()
