@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BACKENDS, _fresh_database_env, start_server, stop_server
+from conftest import LAYOUTS, PARTITIONED, _fresh_database_env, run_sql, start_server, stop_server
 from dicom_data import pydicom_file
 from test_dicomweb import stow
 
@@ -37,7 +37,7 @@ def everything(client: httpx.Client) -> list[dict]:
     return entries
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=LAYOUTS)
 def backed_up(request, tmp_path_factory):
     """A store with history, a deletion and a DICOM study, and its backup taken while the server ran."""
     env = _fresh_database_env(request)
@@ -63,7 +63,8 @@ def backed_up(request, tmp_path_factory):
             out = tmp_path_factory.mktemp("backup") / "b1"
             result = cli("backup", str(out), "--data-dir", str(server.data_dir), "--quiet", env=env)
             assert result.returncode == 0, result.stderr
-        yield {"out": out, "before": before, "pid": pid, "dicom": dicom, "backend": request.param,
+        yield {"out": out, "before": before, "pid": pid, "dicom": dicom,
+               "backend": "sqlite" if request.param == "sqlite" else "postgresql",
                "request": request, "data_dir": server.data_dir, "env": env}
     finally:
         stop_server(server)
@@ -90,6 +91,10 @@ def test_restore_gives_back_every_version_index_and_file(backed_up):
             # the restored server keeps working: a new write lands after the restored history
             assert client.post("/Patient", json={"resourceType": "Patient"},
                                headers={"Content-Type": "application/fhir+json"}).status_code == 201
+        if backed_up["request"].param == PARTITIONED:  # the layout came back with the rows
+            server.database_url = env["FHIR_DATABASE_URL"]
+            assert run_sql(server, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'resources'::regclass") == [
+                (4,)]
     finally:
         stop_server(server)
 
