@@ -151,6 +151,21 @@ def test_a_bulk_load_keys_what_it_writes(fresh_server, patients, tmp_path):
     assert stored_keys(fresh_server, "resources", "Observation", obs_id) == [patients[1]]
 
 
+def test_a_bulk_load_naming_one_id_twice_for_two_patients_writes_one_resource(fresh_server, patients, tmp_path):
+    """Within one batch too: under two patients the two rows would have two shard_keys (two partitions)."""
+    obs_id = f"twice-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "twice.ndjson"
+    path.write_text("".join(json.dumps({**observation(p), "id": obs_id}) + "\n" for p in patients))
+    env = {"FHIR_DATA_DIR": str(fresh_server.data_dir), "FHIR_DATABASE_URL": fresh_server.database_url,
+           "FHIR_TERMINOLOGY_LOAD": "false"}
+    command = [FHIR_SERVER, "load", "--quiet", "--rejects", str(tmp_path / "rejects.ndjson"), str(path)]
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert run_sql(fresh_server, "SELECT patient_key, version_id FROM resources WHERE id = $1", obs_id) == [
+        (patients[1], 2)]
+    assert stored_keys(fresh_server, "resource_versions", "Observation", obs_id) == patients
+
+
 def test_concurrent_writers_of_one_id_for_different_patients_make_one_resource(fresh_server, fresh_client):
     """Each PUT after the first moves the resource to another patient: on the partitioned layout no unique key
     spans the partitions and a move deletes and inserts the row, yet there must be one row, every version kept."""

@@ -22,6 +22,9 @@ import pytest
 from conftest import PARTITIONED, pg_fetch, run_sql
 
 from fhir_server.model.compartment import shard_key
+from fhir_server.search.custom import CustomParameters
+from fhir_server.settings import Settings
+from fhir_server.store import open_store
 from fhir_server.store.distribution import DISTRIBUTED
 from fhir_server.store.schema import SEARCH_TABLES
 
@@ -157,8 +160,41 @@ def test_a_bulk_load_of_an_id_stored_for_another_patient_updates_it_and_adds_no_
     assert fresh_client.get(f"/Observation/{obs_id}").json()["code"]["text"] == "loaded"
 
 
+def test_a_reindex_from_a_lagging_scan_writes_each_resource_as_it_is_now(fresh_server, fresh_client):
+    """Re-indexing after a SearchParameter change scans on the read side (a replica may lag): a resource
+    moved to another patient since must get index rows from its current version, in its current partition."""
+    first, second = new_patient(fresh_client), new_patient(fresh_client)
+    obs = fresh_client.post("/Observation", json=observation(first)).json()["id"]
+
+    async def reindex_after_the_move() -> int:
+        store = open_store(Settings(database_url=fresh_server.database_url, terminology_load=False))
+        try:
+            stale = [row for row in await store.scan(["Observation"], 0, 100000) if row[2] == obs]
+            answer = await asyncio.to_thread(fresh_client.put, f"/Observation/{obs}",
+                                             json={**observation(second), "id": obs})
+            assert answer.status_code == 200, answer.text
+            scans = iter([stale, []])
+
+            async def lagging_scan(resource_types, after_pk, limit):
+                return next(scans)
+            store.scan = lagging_scan
+            return await CustomParameters(store).reindex(["Observation"])
+        finally:
+            await store.close()
+
+    assert asyncio.run(reindex_after_the_move()) == 1
+    (pk, key), = run_sql(fresh_server, "SELECT pk, shard_key FROM resources WHERE id = $1", obs)
+    assert key == shard_key("Observation", obs, second)
+    assert run_sql(fresh_server, "SELECT DISTINCT target_id, shard_key FROM search_reference WHERE res_pk = $1"
+                   " AND param = 'subject'", pk) == [(second, key)]
+    found = fresh_client.get("/Observation", params={"subject": f"Patient/{first}", "_id": obs}).json()
+    assert found["total"] == 0
+
+
 def test_index_rows_never_outlive_or_stray_from_their_resource(fresh_server):
-    """Across everything this module wrote: every index row has a resource row with its pk and shard_key."""
+    """Across everything this module wrote: every index row has a resource row with its pk and shard_key.
+    (Runs last: it checks what the tests above wrote, moves and re-indexing included.)"""
+    assert run_sql(fresh_server, "SELECT count(*) FROM resources")[0][0] > 20
     for table in SEARCH_TABLES.values():
         strays = run_sql(fresh_server, f"SELECT count(*) FROM {table.name} t WHERE NOT EXISTS (SELECT 1 FROM"
                          " resources r WHERE r.shard_key = t.shard_key AND r.pk = t.res_pk)")

@@ -63,7 +63,7 @@ class CustomParameters:
         after = 0
         while True:
             rows = await self.store.scan(["SearchParameter"], after, REINDEX_BATCH)
-            for pk, _, _, _, content in rows:
+            for pk, _, _, content in rows:
                 definition = orjson.loads(content)
                 if is_active(definition) and definition.get("code") and definition.get("base"):
                     registry.add(definition)
@@ -104,9 +104,9 @@ class CustomParameters:
             if not rows:
                 break
             async with self.store.transaction() as tx:
-                for pk, key, resource_type, _, content in rows:
-                    await tx.replace_index(pk, key, resource_type, extract(resource_type, orjson.loads(content),
-                                                                           self.registry))
+                for _, resource_type, resource_id, _ in rows:  # the scan may lag (a replica): read again
+                    await tx.reindex(resource_type, resource_id,
+                                     lambda content, t=resource_type: extract(t, orjson.loads(content), self.registry))
             done += len(rows)
             after = rows[-1][0]
         log.info("reindexed", extra={"types": resource_types[:10], "resources": done})

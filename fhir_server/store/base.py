@@ -80,8 +80,12 @@ class StoreTransaction(ABC):
 
     @abstractmethod
     async def replace_index(self, pk: int, key: int, resource_type: str, index: Any) -> None:
-        """Rewrite the search index rows of one resource, the row `pk` with shard_key `key` (re-indexing
-        after a parameter change)."""
+        """Rewrite the search index rows of one resource, the row `pk` with shard_key `key`."""
+
+    @abstractmethod
+    async def reindex(self, resource_type: str, resource_id: str, make_index: Any) -> bool:
+        """Rewrite one resource's index rows with make_index(JSON) of its current version, read under its
+        lock in this transaction (after a parameter change); False if it is gone or deleted."""
 
     @abstractmethod
     async def track_subscription(self, subscription_id: str, resource_type: str | None) -> None:
@@ -118,9 +122,8 @@ class ResourceStore(ABC):
                       cursor: int | None = None) -> HistoryPage: ...
 
     @abstractmethod
-    async def scan(self, resource_types: list[str], after_pk: int,
-                   limit: int) -> list[tuple[int, int, str, str, str]]:
-        """(pk, shard_key, type, id, JSON) of current resources after a pk, in pk order."""
+    async def scan(self, resource_types: list[str], after_pk: int, limit: int) -> list[tuple[int, str, str, str]]:
+        """(pk, type, id, JSON) of current resources after a pk, in pk order."""
 
     @abstractmethod
     async def search(self, query: Any, extra: list[Any] | None = None) -> Any:

@@ -89,7 +89,9 @@ async def _v9_union_rows(conn: AsyncConnection) -> None:
 
 async def _v10_shard_key(conn: AsyncConnection) -> None:
     """shard_key (model/compartment.py) on every row of resources, history and search index, computed
-    for the rows already there. A database created since has the column from step 1."""
+    for the rows already there. A database created since has the column from step 1. Every row is
+    rewritten, in the one migration transaction: writers of the previous release must be stopped first
+    (they would not set the column)."""
     tables = [schema.resources, schema.resource_versions, *schema.SEARCH_TABLES.values()]
     missing = [t for t in tables if "shard_key" not in await _columns(conn, t.name)]
     if not missing:
@@ -102,8 +104,8 @@ async def _v10_shard_key(conn: AsyncConnection) -> None:
             await _compute_shard_keys(conn, table, key)
     for table in missing:
         if table.name.startswith("search_"):
-            await conn.execute(text(f"UPDATE {table.name} SET shard_key = (SELECT r.shard_key FROM resources r"
-                                    f" WHERE r.pk = {table.name}.res_pk)"))
+            await conn.execute(text(f"UPDATE {table.name} SET shard_key = r.shard_key FROM resources r"
+                                    f" WHERE r.pk = {table.name}.res_pk"))
         if conn.dialect.name == "postgresql":  # SQLite cannot drop a column default; no writer relies on it
             await conn.execute(text(f"ALTER TABLE {table.name} ALTER COLUMN shard_key DROP DEFAULT"))
 

@@ -24,7 +24,7 @@ from ..settings import Settings
 from .base import ResourceVersion
 from .coalesce import BATCH_MAX_CHARS, Coalescer
 from .schema import SEARCH_TABLES, value_columns
-from .sql import SqlResourceStore, identity_json, now_ms, stamp
+from .sql import SqlResourceStore, id_lock, identity_json, now_ms, stamp
 
 log = logging.getLogger("fhir_server.store")
 
@@ -292,8 +292,11 @@ class PostgresResourceStore(SqlResourceStore):
         # Partitioned: no unique key spans the partitions. The ids are locked, then looked for, then written,
         # in one transaction (the look must come after the locks, in a statement of its own, to see a
         # concurrent writer's commit).
+        ids = [(v.resource_type, v.id) for v, _, _ in batch]
+        if len(set(ids)) < len(ids):
+            raise Conflict("an id comes twice in the batch")
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(_LOCK_IDS, sorted({lock_digest(f"id {v.resource_type}/{v.id}") for v, _, _ in batch}))
+            await conn.execute(_LOCK_IDS, sorted({lock_digest(id_lock(*i)) for i in ids}))
             taken = await conn.fetchval(_TAKEN_ID, [v.resource_type for v, _, _ in batch], [v.id for v, _, _ in batch])
             if taken is not None:
                 raise Conflict(f"{taken} already exists")
@@ -362,6 +365,9 @@ class PostgresResourceStore(SqlResourceStore):
 
     async def lock_key(self, conn: AsyncConnection, key: str) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_digest(key)})
+
+    async def lock_keys(self, conn: AsyncConnection, keys: list[str]) -> None:
+        await conn.exec_driver_sql(_LOCK_IDS, (sorted({lock_digest(key) for key in keys}),))
 
     @classmethod
     def open(cls, settings: Settings) -> PostgresResourceStore:

@@ -33,6 +33,11 @@ RECORD_EVENT = text("INSERT INTO subscription_events (resource_type, resource_id
 _INDEX_COLUMNS = {name: [c.name for c in value_columns(table)] for name, table in SEARCH_TABLES.items()}
 
 
+def id_lock(resource_type: str, resource_id: str) -> str:
+    """The lock key that the writers of one id take in the partitioned layout."""
+    return f"id {resource_type}/{resource_id}"
+
+
 def now_ms() -> datetime:
     """Current UTC time truncated to milliseconds, the precision of meta.lastUpdated."""
     ts = datetime.now(UTC)
@@ -114,6 +119,16 @@ class SqlTransaction(StoreTransaction):
         await self.drop_index(pk)
         await self._write_indexes([(pk, key, resource_type, index)])
 
+    async def reindex(self, resource_type: str, resource_id: str, make_index) -> bool:
+        await self._lock_id(resource_type, resource_id)
+        query = select(res.c.pk, res.c.shard_key, res.c.deleted, res.c.content).where(
+            res.c.resource_type == resource_type, res.c.id == resource_id)
+        row = (await self.conn.execute(query.with_for_update() if self.store.lock_rows else query)).first()
+        if row is None or row.deleted:
+            return False
+        await self.replace_index(row.pk, row.shard_key, resource_type, make_index(row.content))
+        return True
+
     async def track_subscription(self, subscription_id: str, resource_type: str | None) -> None:
         from .subscriptions import track
 
@@ -131,9 +146,12 @@ class SqlTransaction(StoreTransaction):
 
     async def _claim_ids(self, ids: list[tuple[str, str]]) -> None:
         """Partitioned layout: no unique key spans the partitions, so before inserting new resources, lock
-        each (type, id) until commit (in sorted order: no deadlock) and make sure that none exists."""
-        for resource_type, resource_id in sorted(set(ids)):
-            await self._lock_id(resource_type, resource_id)
+        each (type, id) until commit and make sure that none exists, nor comes twice in this batch (under
+        two patients, the two rows would land in two partitions, and no key would see the clash)."""
+        if len(set(ids)) < len(ids):
+            resource_type, resource_id = next(i for n, i in enumerate(ids) if i in ids[:n])
+            raise Conflict(f"{resource_type}/{resource_id} comes twice")
+        await self.store.lock_keys(self.conn, [id_lock(*i) for i in ids])
         for start in range(0, len(ids), 500):
             taken = (await self.conn.execute(select(res.c.resource_type, res.c.id).where(
                 tuple_(res.c.resource_type, res.c.id).in_(ids[start:start + 500])).limit(1))).first()
@@ -160,7 +178,7 @@ class SqlTransaction(StoreTransaction):
     async def _lock_id(self, resource_type: str, resource_id: str) -> None:
         """Partitioned layout: the writers of one id take turns (see _claim_ids and _write)."""
         if self.store.claim_ids:
-            await self.lock(f"id {resource_type}/{resource_id}")
+            await self.store.lock_keys(self.conn, [id_lock(resource_type, resource_id)])
 
     async def update(self, resource_type, resource_id, resource, *, if_match=None, patient_key=None, index=None):
         await self._lock_id(resource_type, resource_id)
@@ -296,6 +314,9 @@ class SqlResourceStore(ResourceStore):
     async def lock_key(self, conn: AsyncConnection, key: str) -> None:
         """Serialise transactions that name the same key (conditional creates); SQLite writers already are."""
 
+    async def lock_keys(self, conn: AsyncConnection, keys: list[str]) -> None:
+        """lock_key of several keys at once, in an order that every caller shares (no deadlock)."""
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTransaction]:
         if self.claim_ids is None:
@@ -303,9 +324,9 @@ class SqlResourceStore(ResourceStore):
         async with self.write_engine.begin() as conn:
             yield SqlTransaction(self, conn)
 
-    async def scan(self, resource_types, after_pk: int, limit: int) -> list[tuple[int, int, str, str, str]]:
+    async def scan(self, resource_types, after_pk: int, limit: int) -> list[tuple[int, str, str, str]]:
         """Current (not deleted) resources of some types in pk order, for re-indexing."""
-        query = (select(res.c.pk, res.c.shard_key, res.c.resource_type, res.c.id, res.c.content)
+        query = (select(res.c.pk, res.c.resource_type, res.c.id, res.c.content)
                  .where(res.c.resource_type.in_(resource_types), res.c.deleted == false(),
                         res.c.pk > after_pk).order_by(res.c.pk).limit(limit))
         async with self.read_engine.connect() as conn:
