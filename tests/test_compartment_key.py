@@ -61,9 +61,15 @@ def patients(fresh_client):
     return ids
 
 
-def observation(patient_id: str) -> dict:
-    return {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
-            "subject": {"reference": f"Patient/{patient_id}"}}
+def observation(patient_id: str, text: str = "pulse") -> dict:
+    return {"resourceType": "Observation", "status": "final", "code": {"text": text},
+            "subject": {"reference": f"Patient/{patient_id}"}, "valueQuantity": {"value": 72, "unit": "/min"}}
+
+
+def new_patient(client: httpx.Client) -> str:
+    answer = client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Wang"}]})
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
 
 
 def test_a_patient_and_what_is_about_them_carry_the_patients_id(fresh_server, fresh_client, patients):
@@ -187,8 +193,3 @@ def test_concurrent_writers_of_one_id_for_different_patients_make_one_resource(f
                        obs_id) == [(len(patients),)]
         assert_rows_keyed(fresh_server, "Observation", obs_id)
 
-
-def new_patient(client: httpx.Client) -> str:
-    answer = client.post("/Patient", json={"resourceType": "Patient"})
-    assert answer.status_code == 201, answer.text
-    return answer.json()["id"]

@@ -17,9 +17,9 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 from conftest import PARTITIONED, pg_fetch, run_sql
+from test_compartment_key import new_patient, observation
 
 from fhir_server.model.compartment import shard_key
 from fhir_server.search.custom import CustomParameters
@@ -30,17 +30,6 @@ from fhir_server.store.schema import SEARCH_TABLES
 
 pytestmark = pytest.mark.parametrize("fresh_server", [PARTITIONED], indirect=True, scope="module")
 FHIR_SERVER = str(Path(sys.executable).parent / "fhir-server")
-
-
-def observation(patient_id: str, text: str = "pulse") -> dict:
-    return {"resourceType": "Observation", "status": "final", "code": {"text": text},
-            "subject": {"reference": f"Patient/{patient_id}"}, "valueQuantity": {"value": 72, "unit": "/min"}}
-
-
-def new_patient(client: httpx.Client) -> str:
-    answer = client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Wang"}]})
-    assert answer.status_code == 201, answer.text
-    return answer.json()["id"]
 
 
 def partitions_of(server, resource_type: str, resource_id: str) -> dict[str, set[str]]:

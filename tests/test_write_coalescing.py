@@ -284,6 +284,20 @@ async def test_a_taken_id_in_a_batch_fails_alone(service):
     assert history[0][0] == 1
 
 
+async def test_one_id_twice_among_creates_arriving_together_is_written_once(service):
+    """Two creates of one id for two patients: partitioned, their rows would have two shard_keys and no key
+    would see the clash; on every layout one is written and the other refused."""
+    store = service.store
+    results = await asyncio.gather(*(store.create("Observation", rid, observation(n))
+                                     for n, rid in enumerate(["one-a", "twice", "one-b", "twice"])),
+                                   return_exceptions=True)
+    assert [type(r).__name__ for r in results].count("Conflict") == 1
+    rows = await pg_fetch(service.url, "SELECT id, count(*) FROM resources GROUP BY id ORDER BY id")
+    assert [tuple(r) for r in rows] == [("one-a", 1), ("one-b", 1), ("twice", 1)]
+    history = await pg_fetch(service.url, "SELECT count(*) FROM resource_versions WHERE id = 'twice'")
+    assert history[0][0] == 1
+
+
 # ---- on SQLite (one writer: one flush at a time, one transaction and one commit per batch) ----
 
 @pytest.fixture(params=[0, 1], ids=lambda n: f"sqlite-batches={n}")

@@ -27,5 +27,9 @@ def shard_key(resource_type: str, resource_id: str, patient: str | None) -> int:
     hash of its patient's reference, so that a patient's whole record shares one value and lands on one
     shard (one partition); a resource outside every record hashes its own reference. Changing this
     function misplaces every stored row: it is fixed."""
-    reference = f"Patient/{patient}" if patient is not None else f"{resource_type}/{resource_id}"
-    return int.from_bytes(hashlib.blake2b(reference.encode(), digest_size=8).digest(), "big", signed=True)
+    return hash64(f"Patient/{patient}" if patient is not None else f"{resource_type}/{resource_id}")
+
+
+def hash64(text: str) -> int:
+    """A stable signed 64-bit hash of a text (PostgreSQL's bigint): shard keys and advisory lock numbers."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)

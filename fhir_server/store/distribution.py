@@ -59,15 +59,9 @@ def partitioned_table(table: Table, metadata: MetaData) -> Table:
 
 
 async def create_partitioned(conn: AsyncConnection, tables: list[Table], partitions: int) -> None:
-    """Create `tables` in the distributed layout, `partitions` hash partitions each; tables that have no
-    distributed form are created as they are."""
-    plain = [t for t in tables if t.name not in DISTRIBUTED]
-    if plain:
-        await conn.run_sync(schema.metadata.create_all, tables=plain)
+    """Create `tables` (of DISTRIBUTED) in the distributed layout, `partitions` hash partitions each."""
     metadata = MetaData()
-    split = [partitioned_table(t, metadata) for t in tables if t.name in DISTRIBUTED]
-    if not split:
-        return
+    split = [partitioned_table(t, metadata) for t in tables]
     await conn.run_sync(metadata.create_all)
     await conn.execute(text(_REFUSE_MOVE))
     for table in split:

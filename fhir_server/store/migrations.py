@@ -29,7 +29,7 @@ class Migration:
 
 async def _create(conn: AsyncConnection, tables: list) -> None:
     """New tables as schema.py defines them now; a new PostgreSQL database asked to be partitioned
-    (FHIR_DB_PARTITIONS) gets the distributed layout of those that have one (distribution.py)."""
+    (FHIR_DB_PARTITIONS) gets them in the distributed layout (distribution.py)."""
     partitions = _partitions.get() if conn.dialect.name == "postgresql" else 0
     if partitions:
         await distribution.create_partitioned(conn, tables, partitions)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import time
@@ -17,14 +16,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..model.compartment import shard_key
+from ..model.compartment import hash64, shard_key
 from ..model.outcome import Conflict
 from ..search.extract import IndexRows
 from ..settings import Settings
 from .base import ResourceVersion
 from .coalesce import BATCH_MAX_CHARS, Coalescer
 from .schema import SEARCH_TABLES, value_columns
-from .sql import SqlResourceStore, id_lock, identity_json, now_ms, stamp
+from .sql import SqlResourceStore, id_lock, identity_json, now_ms, refuse_repeated, stamp
 
 log = logging.getLogger("fhir_server.store")
 
@@ -196,16 +195,16 @@ def _retry_alone(error: BaseException) -> bool:
     return isinstance(error, Conflict) or _depends_on_data(error)
 
 
-def lock_digest(key: str) -> int:
-    """The advisory lock (a signed 64-bit number) that stands for a key."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
-
-
-# Partitioned layout: the advisory locks of new ids (sorted: two batches never wait on each other in a
-# circle), then whether any of them is stored already.
-_LOCK_IDS = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
+# Advisory locks, by the sorted numbers of their keys (lock_numbers): two transactions never wait on each
+# other in a circle. Then, partitioned layout, whether any of a batch's new ids is stored already.
+_LOCK_KEYS = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
 _TAKEN_ID = ("SELECT r.resource_type || '/' || r.id FROM resources r JOIN unnest($1::text[], $2::text[]) AS n(t, i)"
              " ON r.resource_type = n.t AND r.id = n.i LIMIT 1")
+
+def lock_numbers(keys: list[str]) -> list[int]:
+    """The advisory lock numbers of keys, sorted (see _LOCK_KEYS)."""
+    return sorted({hash64(key) for key in keys})
+
 
 _READ_SQL = ("SELECT version_id, last_updated, deleted, content::text FROM resources"
              " WHERE resource_type = $1 AND id = $2")
@@ -293,11 +292,10 @@ class PostgresResourceStore(SqlResourceStore):
         # in one transaction (the look must come after the locks, in a statement of its own, to see a
         # concurrent writer's commit).
         ids = [(v.resource_type, v.id) for v, _, _ in batch]
-        if len(set(ids)) < len(ids):
-            raise Conflict("an id comes twice in the batch")
+        refuse_repeated(ids)
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(_LOCK_IDS, sorted({lock_digest(id_lock(*i)) for i in ids}))
-            taken = await conn.fetchval(_TAKEN_ID, [v.resource_type for v, _, _ in batch], [v.id for v, _, _ in batch])
+            await conn.execute(_LOCK_KEYS, lock_numbers([id_lock(*i) for i in ids]))
+            taken = await conn.fetchval(_TAKEN_ID, [t for t, _ in ids], [i for _, i in ids])
             if taken is not None:
                 raise Conflict(f"{taken} already exists")
             return await self._insert_creates(conn, batch)
@@ -363,11 +361,8 @@ class PostgresResourceStore(SqlResourceStore):
     async def _lock_for_migration(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
-    async def lock_key(self, conn: AsyncConnection, key: str) -> None:
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_digest(key)})
-
     async def lock_keys(self, conn: AsyncConnection, keys: list[str]) -> None:
-        await conn.exec_driver_sql(_LOCK_IDS, (sorted({lock_digest(key) for key in keys}),))
+        await conn.exec_driver_sql(_LOCK_KEYS, (lock_numbers(keys),))
 
     @classmethod
     def open(cls, settings: Settings) -> PostgresResourceStore:

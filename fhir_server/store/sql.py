@@ -38,6 +38,16 @@ def id_lock(resource_type: str, resource_id: str) -> str:
     return f"id {resource_type}/{resource_id}"
 
 
+def refuse_repeated(ids: list[tuple[str, str]]) -> None:
+    """Conflict if a (type, id) comes twice among new resources: in the partitioned layout no unique key
+    would see it (under two patients the two rows would land in two partitions)."""
+    seen: set[tuple[str, str]] = set()
+    for resource_type, resource_id in ids:
+        if (resource_type, resource_id) in seen:
+            raise Conflict(f"{resource_type}/{resource_id} comes twice")
+        seen.add((resource_type, resource_id))
+
+
 def now_ms() -> datetime:
     """Current UTC time truncated to milliseconds, the precision of meta.lastUpdated."""
     ts = datetime.now(UTC)
@@ -146,11 +156,8 @@ class SqlTransaction(StoreTransaction):
 
     async def _claim_ids(self, ids: list[tuple[str, str]]) -> None:
         """Partitioned layout: no unique key spans the partitions, so before inserting new resources, lock
-        each (type, id) until commit and make sure that none exists, nor comes twice in this batch (under
-        two patients, the two rows would land in two partitions, and no key would see the clash)."""
-        if len(set(ids)) < len(ids):
-            resource_type, resource_id = next(i for n, i in enumerate(ids) if i in ids[:n])
-            raise Conflict(f"{resource_type}/{resource_id} comes twice")
+        each (type, id) until commit and make sure that none exists, nor comes twice in this batch."""
+        refuse_repeated(ids)
         await self.store.lock_keys(self.conn, [id_lock(*i) for i in ids])
         for start in range(0, len(ids), 500):
             taken = (await self.conn.execute(select(res.c.resource_type, res.c.id).where(
@@ -313,6 +320,7 @@ class SqlResourceStore(ResourceStore):
 
     async def lock_key(self, conn: AsyncConnection, key: str) -> None:
         """Serialise transactions that name the same key (conditional creates); SQLite writers already are."""
+        await self.lock_keys(conn, [key])
 
     async def lock_keys(self, conn: AsyncConnection, keys: list[str]) -> None:
         """lock_key of several keys at once, in an order that every caller shares (no deadlock)."""
